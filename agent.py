@@ -1,0 +1,116 @@
+"""Clipped PPO update (Schulman et al. 2017) with CleanRL's implementation details."""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from buffer import RolloutBuffer
+from policy import ActorCritic
+
+
+class PPOSettings(Protocol):
+    """The PPO fields of train.Config, the one dataclass that holds every hyperparameter."""
+
+    lr: float
+    update_epochs: int
+    num_minibatches: int
+    clip_coef: float
+    clip_vloss: bool
+    ent_coef: float
+    vf_coef: float
+    max_grad_norm: float
+    target_kl: float | None
+    norm_adv: bool
+
+
+def ppo_loss(
+    new_logprob: torch.Tensor,
+    entropy: torch.Tensor,
+    new_value: torch.Tensor,
+    old_logprob: torch.Tensor,
+    old_value: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    hp: PPOSettings,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """All tensors (B,). Returns the total loss and its pieces (detached)."""
+    logratio = new_logprob - old_logprob
+    ratio = logratio.exp()
+    if hp.norm_adv and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+    # clipped surrogate objective, as a loss: max of the two negated terms
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - hp.clip_coef, 1 + hp.clip_coef)).mean()
+
+    if hp.clip_vloss:
+        clipped_value = old_value + (new_value - old_value).clamp(-hp.clip_coef, hp.clip_coef)
+        v_loss = 0.5 * torch.max((new_value - returns) ** 2, (clipped_value - returns) ** 2).mean()
+    else:
+        v_loss = 0.5 * ((new_value - returns) ** 2).mean()
+
+    entropy_loss = entropy.mean()
+    loss = pg_loss - hp.ent_coef * entropy_loss + hp.vf_coef * v_loss
+    with torch.no_grad():
+        pieces = {
+            "policy_loss": pg_loss.detach(),
+            "value_loss": v_loss.detach(),
+            "entropy": entropy_loss.detach(),
+            "old_approx_kl": (-logratio).mean(),
+            "approx_kl": ((ratio - 1) - logratio).mean(),  # unbiased, low-variance estimator (Schulman)
+            "clipfrac": ((ratio - 1.0).abs() > hp.clip_coef).float().mean(),
+            "loss": loss.detach(),
+        }
+    return loss, pieces
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var[target - pred] / Var[target]; nan when the target is constant."""
+    var_target = target.var().item()
+    return math.nan if var_target == 0 else 1.0 - (target - pred).var().item() / var_target
+
+
+class PPO:
+    """Owns the optimizer; `update` runs epochs of minibatch SGD on one rollout."""
+
+    def __init__(self, policy: ActorCritic, hp: PPOSettings, seed: int = 0):
+        self.policy = policy
+        self.hp = hp
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=hp.lr, eps=1e-5)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """-> mean of each loss piece over all minibatches, plus grad norm and explained variance."""
+        self.policy.train()
+        sums: dict[str, float] = {}
+        n = 0
+        for _epoch in range(self.hp.update_epochs):
+            epoch_kl = []
+            for mb in buffer.minibatches(self.hp.num_minibatches, self.generator):
+                new_logprob, entropy, new_value = self.policy.evaluate_actions(mb.obs, mb.actions)
+                loss, pieces = ppo_loss(new_logprob, entropy, new_value, mb.logprobs, mb.values, mb.advantages,
+                                        mb.returns, self.hp)  # fmt: skip
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(self.params, self.hp.max_grad_norm)
+                self.optimizer.step()
+                for k, v in pieces.items():
+                    sums[k] = sums.get(k, 0.0) + v.item()
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.item()
+                epoch_kl.append(pieces["approx_kl"].item())
+                n += 1
+            if self.hp.target_kl is not None and np.mean(epoch_kl) > self.hp.target_kl:
+                break  # early stop: the policy moved too far from the rollout policy
+        stats = {k: v / n for k, v in sums.items()}
+        stats["epochs"] = _epoch + 1
+        stats["explained_variance"] = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        return stats

@@ -1,0 +1,76 @@
+"""Checkpoint files: atomic writes, safe loads (no code execution), clear errors for bad files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from env import UsageError
+
+FORMAT = "pixelppo-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("config", "policy_spec", "model", "global_step")
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that is missing, corrupted, foreign or from a newer pixelppo."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call `write(file)` on a temp file in the same folder, fsync it, then rename it over `path`:
+    readers see either the old file or the new one, never a partial write."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """Write `payload` (tensors, numbers, strings, lists and dicts only) atomically."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a logdir (its best_model.pth, else last.pth)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best_model.pth", "last.pth"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"no best_model.pth or last.pth in {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load and validate a pixelppo checkpoint with `weights_only=True` (nothing in it is executed)."""
+    path = resolve_checkpoint_path(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is corrupted or not a pixelppo checkpoint ({reason[:200]})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a pixelppo checkpoint")
+    if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
+        raise CheckpointError(f"{path} was written by a newer pixelppo (format version {payload.get('version')})")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
+    return payload
