@@ -61,10 +61,14 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load and validate a pixelppo checkpoint with `weights_only=True` (nothing in it is executed)."""
     path = resolve_checkpoint_path(path)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is corrupted or not a pixelppo checkpoint (not a torch archive)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in reason:
+            reason = "it holds objects outside the safe allow-list"
         raise CheckpointError(f"{path} is corrupted or not a pixelppo checkpoint ({reason[:200]})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pixelppo checkpoint")

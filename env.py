@@ -2,7 +2,7 @@
 
 Every vector env built by `make_vec_env` follows one contract (`VecEnv`):
 - `reset() -> obs` and `step(actions) -> StepResult`; obs is uint8 (num_envs, K*C, H, W): the K most
-  recent frames of C channels each, oldest first.
+  recent frames of C channels each, oldest first, zeros before an episode's first frame.
 - Autoreset is SAME_STEP: when an episode ends at a step, `obs[i]` is already the first observation of
   the next episode and the true last observation is `final_obs[i]` (needed to bootstrap truncations).
 - `rewards` are the raw game rewards; `terminated` / `truncated` are the training signals (Atari's
@@ -109,8 +109,10 @@ class FrameStack:
         self.stack = np.zeros((num_envs, k * self.c, *frame_shape[1:]), dtype=np.uint8)
 
     def reset(self, frames: np.ndarray, rows: np.ndarray | slice = slice(None)) -> None:
-        """Fill the stack of `rows` with copies of their first frame (N_rows, C, H, W)."""
-        self.stack[rows] = np.tile(frames, (1, self.k, 1, 1))
+        """Start the stacks of `rows` from their first frame (N_rows, C, H, W); older slots are zeros,
+        as in ALE's own stacking, so every family pads a fresh episode the same way."""
+        self.stack[rows] = 0
+        self.stack[rows, -self.c :] = frames
 
     def push(self, frames: np.ndarray) -> None:
         """Shift every stack by one frame and append `frames` (N, C, H, W) as the newest."""

@@ -1,0 +1,97 @@
+"""Frame stacking order and episode boundaries for every family, with the real games."""
+
+import numpy as np
+import pytest
+
+from env import FrameStack, UsageError, make_vec_env, parse_env_id
+
+
+def test_parse_env_id():
+    assert parse_env_id("crafter").name == "crafter"
+    assert parse_env_id("procgen/coinrun").game == "coinrun"
+    assert parse_env_id("atari/Breakout").game == "breakout"
+    assert parse_env_id("atari/MsPacman").game == "ms_pacman"
+    assert parse_env_id("ALE/SpaceInvaders-v5").game == "space_invaders"
+    for bad in ("procgen/foo", "atari/NotAGame", "minecraft", "atari/"):
+        with pytest.raises(UsageError):
+            parse_env_id(bad)
+
+
+def test_frame_stack_order_and_episode_restart():
+    fs = FrameStack(2, (1, 1, 1), 3)
+    fs.reset(np.array([[[[1]]], [[[5]]]], np.uint8))
+    assert fs.stack[:, :, 0, 0].tolist() == [[0, 0, 1], [0, 0, 5]]
+    frames = np.array([[[[2]]], [[[9]]]], np.uint8)  # env 1 ended: 9 is its next episode's first frame
+    final_frames = np.array([[[[2]]], [[[6]]]], np.uint8)
+    final = fs.step(frames, final_frames, np.array([False, True]))
+    assert fs.stack[:, :, 0, 0].tolist() == [[0, 1, 2], [0, 0, 9]]  # oldest first; env 1 restarted
+    assert final[1, :, 0, 0].tolist() == [0, 5, 6]  # the true last stack of env 1's episode
+
+
+def check_stacking(envs, steps, frame_channels):
+    """Shared checks: uint8 shape, a fresh episode is zeros but its newest frame, each step shifts by one
+    frame, and where an episode ended the next obs restarts while final_obs continues the old stack."""
+    c = frame_channels
+    obs = envs.reset()
+    assert obs.dtype == np.uint8 and obs.shape == (envs.num_envs, *envs.obs_shape)
+    assert not obs[:, :-c].any() and obs[:, -c:].any()
+    rng = np.random.default_rng(0)
+    ends, episodes = 0, []
+    for _ in range(steps):
+        result = envs.step(rng.integers(0, envs.num_actions, envs.num_envs))
+        ended = result.terminated | result.truncated
+        live = ~ended
+        np.testing.assert_array_equal(result.obs[live, :-c], obs[live, c:])
+        np.testing.assert_array_equal(result.final_obs[ended, :-c], obs[ended, c:])
+        for i in np.flatnonzero(ended):
+            ends += 1
+            assert not result.obs[i, :-c].any()
+        episodes += result.episodes
+        obs = result.obs
+    return ends, episodes
+
+
+def test_crafter_stacking_and_episodes():
+    import crafter
+
+    with make_vec_env("crafter", 2, seed=7, history_length=3) as envs:
+        obs = envs.reset()
+        direct = crafter.Env(seed=7).reset().transpose(2, 0, 1)
+        np.testing.assert_array_equal(obs[0, -3:], direct)  # same seed, same world as crafter itself
+        ends, episodes = check_stacking(envs, 450, 3)
+    assert ends >= 1 and len(episodes) == ends
+    ep = episodes[0]
+    assert set(ep.achievements) >= {"collect_wood", "place_table", "wake_up"} and len(ep.achievements) == 22
+
+
+def test_procgen_stacking_and_unseen_eval_levels():
+    with make_vec_env("procgen/bigfish", 4, seed=0, history_length=2) as envs:
+        ends, episodes = check_stacking(envs, 400, 3)
+    assert ends >= 1 and len(episodes) == ends
+    with make_vec_env("procgen/bigfish", 2, seed=0, history_length=2, evaluation=True) as eval_envs:
+        assert eval_envs.kwargs["num_levels"] == 0  # the full level distribution, not the 200 train levels
+
+
+def test_atari_stacking_full_game_returns_and_episodic_life():
+    with make_vec_env("atari/Breakout", 2, seed=0, history_length=4, episodic_life=True) as envs:
+        assert envs.obs_shape == (4, 84, 84)
+        obs = envs.reset()
+        rng = np.random.default_rng(0)
+        rewards, terminations, episodes = np.zeros(2), 0, []
+        for _ in range(1500):
+            result = envs.step(rng.integers(0, envs.num_actions, 2))
+            np.testing.assert_array_equal(result.obs[~result.terminated, :-1], obs[~result.terminated, 1:])
+            rewards += result.rewards
+            terminations += int(result.terminated.sum())
+            episodes += result.episodes
+            obs = result.obs
+    assert len(episodes) >= 1
+    assert terminations >= 5 * len(episodes)  # every lost life ends a training episode, 5 lives a game
+    assert all(float(ep.ret).is_integer() and ep.ret >= 0 for ep in episodes)  # raw, unclipped points
+    assert episodes[0].length > 100  # a full game spans all its lives
+
+
+def test_atari_evaluation_plays_full_games():
+    with make_vec_env("atari/Breakout", 2, seed=0, history_length=4, evaluation=True) as envs:
+        assert envs.episodic_life is False
+        check_stacking(envs, 300, 1)

@@ -1,0 +1,61 @@
+"""A tiny pixel game for learning tests: reach the goal cell on a small grid within a step limit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from env import EpisodeStats, FrameStack, StepResult, VecEnv
+
+MOVES = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])
+
+
+class GridGoalVecEnv(VecEnv):
+    """`size`x`size` grid drawn at `scale` pixels per cell: agent in red, goal in green.
+    Reward 1 and termination on reaching the goal; truncation after `limit` steps."""
+
+    frame_channels = 3
+    num_actions = 4
+
+    def __init__(self, num_envs: int, seed: int = 0, size: int = 5, scale: int = 2, limit: int = 12,
+                 history_length: int = 1):
+        self.num_envs, self.size, self.scale, self.limit = num_envs, size, scale, limit
+        self.obs_shape = (3 * history_length, size * scale, size * scale)
+        self.rng = np.random.default_rng(seed)
+        self.agent = np.zeros((num_envs, 2), int)
+        self.goal = np.zeros((num_envs, 2), int)
+        self.t = np.zeros(num_envs, int)
+        self.frames = FrameStack(num_envs, (3, size * scale, size * scale), history_length)
+
+    def _new_episode(self, rows: np.ndarray) -> None:
+        for i in rows:
+            self.agent[i], self.goal[i] = self.rng.choice(self.size * self.size, 2, replace=False)[:, None] // [
+                self.size, 1] % self.size  # fmt: skip
+            self.t[i] = 0
+
+    def _draw(self) -> np.ndarray:
+        img = np.zeros((self.num_envs, 3, self.size, self.size), np.uint8)
+        idx = np.arange(self.num_envs)
+        img[idx, 0, self.agent[:, 0], self.agent[:, 1]] = 255
+        img[idx, 1, self.goal[:, 0], self.goal[:, 1]] = 255
+        return img.repeat(self.scale, axis=2).repeat(self.scale, axis=3)
+
+    def reset(self) -> np.ndarray:
+        self._new_episode(np.arange(self.num_envs))
+        self.frames.reset(self._draw())
+        return self.frames.stack.copy()
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        self.agent = np.clip(self.agent + MOVES[actions], 0, self.size - 1)
+        self.t += 1
+        terminated = (self.agent == self.goal).all(1)
+        truncated = (self.t >= self.limit) & ~terminated
+        rewards = terminated.astype(np.float32)
+        ended = terminated | truncated
+        final_frames = self._draw()
+        episodes = [EpisodeStats(int(i), float(rewards[i]), int(self.t[i])) for i in np.flatnonzero(ended)]
+        self._new_episode(np.flatnonzero(ended))
+        final_obs = self.frames.step(self._draw(), final_frames, ended)
+        return StepResult(self.frames.stack.copy(), rewards, terminated, truncated, final_obs, episodes)
+
+    def render(self) -> np.ndarray:
+        return self._draw().transpose(0, 2, 3, 1)
