@@ -97,8 +97,9 @@ class PPO:
             epoch_kl = []
             for mb in buffer.minibatches(self.hp.num_minibatches, self.generator):
                 new_logprob, entropy, new_value = self.policy.evaluate_actions(mb.obs, mb.actions)
-                loss, pieces = ppo_loss(new_logprob, entropy, new_value, mb.logprobs, mb.values, mb.advantages,
-                                        mb.returns, self.hp)  # fmt: skip
+                loss, pieces = ppo_loss(
+                    new_logprob, entropy, new_value, mb.logprobs, mb.values, mb.advantages, mb.returns, self.hp
+                )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.params, self.hp.max_grad_norm)

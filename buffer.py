@@ -44,8 +44,17 @@ class RolloutBuffer:
     def batch_size(self) -> int:
         return self.num_steps * self.num_envs
 
-    def add(self, t: int, obs: torch.Tensor, actions: torch.Tensor, logprobs: torch.Tensor, values: torch.Tensor,
-            rewards: torch.Tensor, dones: torch.Tensor, bootstrap: torch.Tensor) -> None:  # fmt: skip
+    def add(
+        self,
+        t: int,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        logprobs: torch.Tensor,
+        values: torch.Tensor,
+        rewards: torch.Tensor,
+        dones: torch.Tensor,
+        bootstrap: torch.Tensor,
+    ) -> None:
         """Store step t of every env: the obs acted on and what followed."""
         self.obs[t] = obs
         self.actions[t] = actions

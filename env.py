@@ -27,9 +27,23 @@ import numpy as np
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pixelppo-numba"))
 
 PROCGEN_GAMES = (
-    "bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot",
-    "heist", "jumper", "leaper", "maze", "miner", "ninja", "plunder", "starpilot",
-)  # fmt: skip
+    "bigfish",
+    "bossfight",
+    "caveflyer",
+    "chaser",
+    "climber",
+    "coinrun",
+    "dodgeball",
+    "fruitbot",
+    "heist",
+    "jumper",
+    "leaper",
+    "maze",
+    "miner",
+    "ninja",
+    "plunder",
+    "starpilot",
+)
 FAMILIES = ("crafter", "procgen", "atari")
 EVAL_SEED_OFFSET = 1_000_003  # eval envs never share seeds with training envs
 
@@ -76,7 +90,7 @@ def parse_env_id(env_id: str) -> EnvSpec:
     if text.lower() == "crafter":
         return EnvSpec("crafter", "crafter")
     ale = re.fullmatch(r"ALE/([A-Za-z0-9]+)-v\d+", text)
-    family, _, game = (("atari", "", ale.group(1)) if ale else text.partition("/"))
+    family, _, game = ("atari", "", ale.group(1)) if ale else text.partition("/")
     family = family.lower()
     if family == "procgen" and game.lower() in PROCGEN_GAMES:
         return EnvSpec("procgen", game.lower())
@@ -206,7 +220,7 @@ def _crafter_worker(conn, seeds: list[int]) -> None:
                 terminated = np.zeros(n, bool)
                 truncated = np.zeros(n, bool)
                 achievements: list[dict | None] = [None] * n
-                for i, (env, action) in enumerate(zip(envs, data)):
+                for i, (env, action) in enumerate(zip(envs, data, strict=True)):
                     obs[i], rewards[i], done, info = env.step(int(action))
                     final[i] = obs[i]
                     if done:
@@ -249,7 +263,7 @@ class CrafterVecEnv(VecEnv):
         self.tracker = EpisodeTracker(num_envs)
 
     def _gather(self, cmd: str, data: list | None = None) -> list:
-        for conn, d in zip(self.conns, data or [None] * len(self.conns)):
+        for conn, d in zip(self.conns, data or [None] * len(self.conns), strict=True):
             conn.send((cmd, d))
         return [conn.recv() for conn in self.conns]
 
@@ -261,7 +275,7 @@ class CrafterVecEnv(VecEnv):
 
     def step(self, actions: np.ndarray) -> StepResult:
         parts = self._gather("step", [actions[idx] for idx in self.slices])
-        obs, final, rewards, terminated, truncated = (np.concatenate(x) for x in list(zip(*parts))[:5])
+        obs, final, rewards, terminated, truncated = (np.concatenate(x) for x in list(zip(*parts, strict=True))[:5])
         achievements = [a for p in parts for a in p[5]]
         ended = terminated | truncated
         final_obs = self.frames.step(obs.transpose(0, 3, 1, 2), final.transpose(0, 3, 1, 2), ended)
@@ -301,11 +315,25 @@ class ProcgenVecEnv(VecEnv):
     frame_channels = 3
     num_actions = 15
 
-    def __init__(self, game: str, num_envs: int, seed: int, history_length: int, distribution_mode: str,
-                 start_level: int, num_levels: int):  # fmt: skip
-        self.kwargs = dict(num=num_envs, env_name=game, num_levels=num_levels, start_level=start_level,
-                           distribution_mode=distribution_mode, rand_seed=seed,
-                           num_threads=min(4, os.cpu_count() or 1))  # fmt: skip
+    def __init__(
+        self,
+        game: str,
+        num_envs: int,
+        seed: int,
+        history_length: int,
+        distribution_mode: str,
+        start_level: int,
+        num_levels: int,
+    ):
+        self.kwargs = dict(
+            num=num_envs,
+            env_name=game,
+            num_levels=num_levels,
+            start_level=start_level,
+            distribution_mode=distribution_mode,
+            rand_seed=seed,
+            num_threads=min(4, os.cpu_count() or 1),
+        )
         self.num_envs = num_envs
         self.obs_shape = (3 * history_length, 64, 64)
         self.frames = FrameStack(num_envs, (3, 64, 64), history_length)
@@ -352,16 +380,35 @@ class AtariVecEnv(VecEnv):
 
     frame_channels = 1
 
-    def __init__(self, game: str, num_envs: int, seed: int, history_length: int, episodic_life: bool,
-                 repeat_action_probability: float):  # fmt: skip
+    def __init__(
+        self,
+        game: str,
+        num_envs: int,
+        seed: int,
+        history_length: int,
+        episodic_life: bool,
+        repeat_action_probability: float,
+    ):
         from ale_py.vector_env import AtariVectorEnv
 
         self.env = AtariVectorEnv(
-            game, num_envs, num_threads=min(num_envs, os.cpu_count() or 1), autoreset_mode="SameStep",
-            img_height=84, img_width=84, grayscale=True, stack_num=history_length, frameskip=4, maxpool=True,
-            noop_max=30, use_fire_reset=True, episodic_life=False, life_loss_info=False, reward_clipping=False,
+            game,
+            num_envs,
+            num_threads=min(num_envs, os.cpu_count() or 1),
+            autoreset_mode="SameStep",
+            img_height=84,
+            img_width=84,
+            grayscale=True,
+            stack_num=history_length,
+            frameskip=4,
+            maxpool=True,
+            noop_max=30,
+            use_fire_reset=True,
+            episodic_life=False,
+            life_loss_info=False,
+            reward_clipping=False,
             repeat_action_probability=repeat_action_probability,
-        )  # fmt: skip
+        )
         self.seed = seed
         self.episodic_life = episodic_life
         self.num_envs = num_envs
@@ -430,5 +477,6 @@ def make_vec_env(
             raise UsageError("Procgen start_level and num_levels must be >= 0")
         levels = (0, 0) if evaluation else (start_level, num_levels)
         return ProcgenVecEnv(spec.game, num_envs, seed, history_length, distribution_mode, *levels)
-    return AtariVecEnv(spec.game, num_envs, seed, history_length, episodic_life and not evaluation,
-                       repeat_action_probability)  # fmt: skip
+    return AtariVecEnv(
+        spec.game, num_envs, seed, history_length, episodic_life and not evaluation, repeat_action_probability
+    )

@@ -61,8 +61,9 @@ def episode_quotas(num_episodes: int, num_envs: int) -> np.ndarray:
     return np.array([num_episodes // num_envs + (i < num_episodes % num_envs) for i in range(num_envs)])
 
 
-def run_episodes(policy: ActorCritic, envs: VecEnv, num_episodes: int, device: torch.device,
-                 deterministic: bool = False) -> EvalResult:  # fmt: skip
+def run_episodes(
+    policy: ActorCritic, envs: VecEnv, num_episodes: int, device: torch.device, deterministic: bool = False
+) -> EvalResult:
     """Play `num_episodes` full episodes from a fresh reset and collect their raw returns."""
     quotas = episode_quotas(num_episodes, envs.num_envs)
     done = np.zeros(envs.num_envs, dtype=np.int64)
@@ -87,10 +88,16 @@ def run_episodes(policy: ActorCritic, envs: VecEnv, num_episodes: int, device: t
 def make_eval_env(config: dict, num_envs: int, seed: int) -> VecEnv:
     """Evaluation envs for the game and settings a run was trained with (a checkpoint's config)."""
     return make_vec_env(
-        config["env"], num_envs, seed, config["history_length"], evaluation=True,
-        distribution_mode=config["distribution_mode"], start_level=config["start_level"],
-        num_levels=config["num_levels"], repeat_action_probability=config["sticky_actions"],
-    )  # fmt: skip
+        config["env"],
+        num_envs,
+        seed,
+        config["history_length"],
+        evaluation=True,
+        distribution_mode=config["distribution_mode"],
+        start_level=config["start_level"],
+        num_levels=config["num_levels"],
+        repeat_action_probability=config["sticky_actions"],
+    )
 
 
 def load_policy(payload: dict, device: torch.device) -> ActorCritic:
@@ -155,9 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     with envs:
         result = run_episodes(policy, envs, args.episodes, device, args.deterministic)
     summary = result.summary() | {
-        "checkpoint": str(args.checkpoint), "env": config["env"], "global_step": payload["global_step"],
-        "deterministic": args.deterministic, "seconds": round(time.time() - start, 1),
-    }  # fmt: skip
+        "checkpoint": str(args.checkpoint),
+        "env": config["env"],
+        "global_step": payload["global_step"],
+        "deterministic": args.deterministic,
+        "seconds": round(time.time() - start, 1),
+    }
     print(format_summary(f"{config['env']} @ step {payload['global_step']:,}", summary))
     if args.json:
         with open(args.json, "w") as f:

@@ -34,8 +34,16 @@ def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2), bias: float =
 
 def _pixel_cfg(**kwargs) -> dict:
     """Pixel CNNs take raw [0, 1] frames: identity normalization, no pretrained weights published."""
-    return {"url": "", "num_classes": 0, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
-            "first_conv": "convs.0", "classifier": "", "input_size": (3, 64, 64), **kwargs}  # fmt: skip
+    return {
+        "url": "",
+        "num_classes": 0,
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "first_conv": "convs.0",
+        "classifier": "",
+        "input_size": (3, 64, 64),
+        **kwargs,
+    }
 
 
 default_cfgs = generate_default_cfgs(
@@ -53,10 +61,14 @@ class NatureCNN(nn.Module):
     def __init__(self, in_chans: int = 4, num_classes: int = 0, feature_dim: int = 512, **_):
         super().__init__()
         self.convs = nn.Sequential(
-            orthogonal_init(nn.Conv2d(in_chans, 32, 8, stride=4)), nn.ReLU(),
-            orthogonal_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
-            orthogonal_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(), nn.Flatten(),
-        )  # fmt: skip
+            orthogonal_init(nn.Conv2d(in_chans, 32, 8, stride=4)),
+            nn.ReLU(),
+            orthogonal_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            orthogonal_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
         self.fc = nn.LazyLinear(feature_dim)  # input size depends on the frame size
         self.num_features = feature_dim
         self.head = nn.Linear(feature_dim, num_classes) if num_classes else nn.Identity()
@@ -93,11 +105,17 @@ class ImpalaStage(nn.Module):
 class ImpalaCNN(nn.Module):
     """IMPALA ResNet: three stages, ReLU, flatten, dense layer with ReLU."""
 
-    def __init__(self, in_chans: int = 3, num_classes: int = 0, channels: tuple[int, ...] = (16, 32, 32),
-                 feature_dim: int = 256, **_):  # fmt: skip
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 0,
+        channels: tuple[int, ...] = (16, 32, 32),
+        feature_dim: int = 256,
+        **_,
+    ):
         super().__init__()
         chans = (in_chans, *channels)
-        self.stages = nn.Sequential(*(ImpalaStage(a, b) for a, b in zip(chans[:-1], chans[1:])))
+        self.stages = nn.Sequential(*(ImpalaStage(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True)))
         self.fc = nn.LazyLinear(feature_dim)
         self.num_features = feature_dim
         self.head = nn.Linear(feature_dim, num_classes) if num_classes else nn.Identity()
@@ -212,10 +230,12 @@ class PolicySpec:
 def mlp_head(in_dim: int, hidden: int, out_dim: int, out_gain: float) -> nn.Sequential:
     """Three linear layers with ReLU, orthogonally initialized (last layer with `out_gain`)."""
     return nn.Sequential(
-        orthogonal_init(nn.Linear(in_dim, hidden)), nn.ReLU(),
-        orthogonal_init(nn.Linear(hidden, hidden)), nn.ReLU(),
+        orthogonal_init(nn.Linear(in_dim, hidden)),
+        nn.ReLU(),
+        orthogonal_init(nn.Linear(hidden, hidden)),
+        nn.ReLU(),
         orthogonal_init(nn.Linear(hidden, out_dim), gain=out_gain),
-    )  # fmt: skip
+    )
 
 
 class ActorCritic(nn.Module):

@@ -44,8 +44,11 @@ class Config:
     # run
     env: str = arg("crafter", "crafter, procgen/<game> or atari/<Game> (or a gymnasium id like ALE/Pong-v5)")
     logdir: str = arg("", "run folder (default: the next free logs/run_<N>)")
-    preset: str = arg("", "published hyperparameters to start from (see README)", choices=("", "crafter-moon",
-                      "procgen-official", "atari-cleanrl"))  # fmt: skip
+    preset: str = arg(
+        "",
+        "published hyperparameters to start from (see README)",
+        choices=("", "crafter-moon", "procgen-official", "atari-cleanrl"),
+    )
     overwrite: bool = arg(False, "replace an existing run in --logdir")
     steps: int = arg(1_000_000, "total environment steps (agent steps summed over envs)")
     eval_interval: int = arg(100_000, "evaluate every this many steps (and at the end)")
@@ -77,18 +80,25 @@ class Config:
     max_grad_norm: float = arg(0.5, "global gradient norm clip")
     target_kl: float | None = arg(None, "stop the epochs early when approx KL exceeds this (none: never)")
     norm_adv: bool = arg(True, "normalize advantages per minibatch")
-    reward_scaling: str = arg("auto", "training rewards: auto (Atari sign, Procgen normalize, Crafter none)",
-                              choices=("auto", "none", "sign", "normalize"))  # fmt: skip
+    reward_scaling: str = arg(
+        "auto",
+        "training rewards: auto (Atari sign, Procgen normalize, Crafter none)",
+        choices=("auto", "none", "sign", "normalize"),
+    )
     # game options
-    distribution_mode: str = arg("easy", "Procgen distribution mode", choices=("easy", "hard", "extreme",
-                                 "memory", "exploration"))  # fmt: skip
+    distribution_mode: str = arg(
+        "easy", "Procgen distribution mode", choices=("easy", "hard", "extreme", "memory", "exploration")
+    )
     start_level: int = arg(0, "Procgen: first training level")
     num_levels: int = arg(200, "Procgen: number of training levels (0: unlimited); eval uses unseen levels")
     episodic_life: bool = arg(True, "Atari: a lost life ends the training episode (never in evaluation)")
     sticky_actions: float = arg(0.0, "Atari: repeat-action probability (0.25 is the v5 protocol)")
     # logging
-    wandb_mode: str = arg("auto", "auto: online with a key or login, else offline in the logdir",
-                          choices=("auto", "online", "offline", "disabled"))  # fmt: skip
+    wandb_mode: str = arg(
+        "auto",
+        "auto: online with a key or login, else offline in the logdir",
+        choices=("auto", "online", "offline", "disabled"),
+    )
     wandb_project: str = arg("pixelppo", "wandb project")
     wandb_entity: str = arg("", "wandb entity (team or user)")
     wandb_key: str = arg("", "wandb API key (never written to disk)")
@@ -112,23 +122,77 @@ class Config:
 
 PRESETS: dict[str, dict] = {
     # Moon et al. 2023, configs/ppo.yaml (tuned PPO, 15.6% Crafter score with an IMPALA ResNet)
-    "crafter-moon": dict(env="crafter", num_envs=8, num_steps=512, update_epochs=3, num_minibatches=8, lr=3e-4,
-                         lr_schedule="constant", gamma=0.95, gae_lambda=0.65, clip_coef=0.2, ent_coef=0.01,
-                         vf_coef=0.5, max_grad_norm=0.5, history_length=1, backbone="impala_cnn_wide",
-                         pretrained=False, freeze_backbone=False, head_hidden=1024, reward_scaling="none"),
+    "crafter-moon": dict(
+        env="crafter",
+        num_envs=8,
+        num_steps=512,
+        update_epochs=3,
+        num_minibatches=8,
+        lr=3e-4,
+        lr_schedule="constant",
+        gamma=0.95,
+        gae_lambda=0.65,
+        clip_coef=0.2,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        history_length=1,
+        backbone="impala_cnn_wide",
+        pretrained=False,
+        freeze_backbone=False,
+        head_hidden=1024,
+        reward_scaling="none",
+    ),
     # openai/train-procgen: easy mode, 25M steps, 200 training levels
-    "procgen-official": dict(env="procgen/starpilot", steps=25_000_000, num_envs=64, num_steps=256, update_epochs=3,
-                             num_minibatches=8, lr=5e-4, lr_schedule="constant", gamma=0.999, gae_lambda=0.95,
-                             ent_coef=0.01, clip_coef=0.2, clip_vloss=True, reward_scaling="normalize",
-                             history_length=1, backbone="impala_cnn", pretrained=False, freeze_backbone=False,
-                             distribution_mode="easy", num_levels=200, eval_interval=1_000_000),
+    "procgen-official": dict(
+        env="procgen/starpilot",
+        steps=25_000_000,
+        num_envs=64,
+        num_steps=256,
+        update_epochs=3,
+        num_minibatches=8,
+        lr=5e-4,
+        lr_schedule="constant",
+        gamma=0.999,
+        gae_lambda=0.95,
+        ent_coef=0.01,
+        clip_coef=0.2,
+        clip_vloss=True,
+        reward_scaling="normalize",
+        history_length=1,
+        backbone="impala_cnn",
+        pretrained=False,
+        freeze_backbone=False,
+        distribution_mode="easy",
+        num_levels=200,
+        eval_interval=1_000_000,
+    ),
     # CleanRL ppo_atari.py
-    "atari-cleanrl": dict(env="atari/Breakout", steps=10_000_000, num_envs=8, num_steps=128, update_epochs=4,
-                          num_minibatches=4, lr=2.5e-4, lr_schedule="linear", gamma=0.99, gae_lambda=0.95,
-                          clip_coef=0.1, clip_vloss=True, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5,
-                          history_length=4, backbone="nature_cnn", pretrained=False, freeze_backbone=False,
-                          reward_scaling="sign", episodic_life=True, eval_interval=500_000),
-}  # fmt: skip
+    "atari-cleanrl": dict(
+        env="atari/Breakout",
+        steps=10_000_000,
+        num_envs=8,
+        num_steps=128,
+        update_epochs=4,
+        num_minibatches=4,
+        lr=2.5e-4,
+        lr_schedule="linear",
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_coef=0.1,
+        clip_vloss=True,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        history_length=4,
+        backbone="nature_cnn",
+        pretrained=False,
+        freeze_backbone=False,
+        reward_scaling="sign",
+        episodic_life=True,
+        eval_interval=500_000,
+    ),
+}
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -140,8 +204,9 @@ def optional_float(text: str) -> float | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per Config field; defaults are suppressed so presets can sit between them and the flags."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=argparse.SUPPRESS)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS
+    )
     types = {"int": int, "float": float, "str": str, "float | None": optional_float}
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
@@ -149,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(flag, type=types[f.type], choices=f.metadata.get("choices"), help=help_text,
-                                metavar=f.name.upper())  # fmt: skip
+            parser.add_argument(
+                flag, type=types[f.type], choices=f.metadata.get("choices"), help=help_text, metavar=f.name.upper()
+            )
     return parser
 
 
@@ -171,18 +237,22 @@ def validate(cfg: Config) -> None:
         (cfg.steps >= 1, "--steps must be at least 1"),
         (cfg.num_envs >= 1 and cfg.num_steps >= 1, "--num-envs and --num-steps must be at least 1"),
         (cfg.history_length >= 1, "--history-length must be at least 1"),
-        (cfg.eval_interval >= 1 and cfg.eval_episodes >= 1 and cfg.eval_envs >= 1,
-         "--eval-interval, --eval-episodes and --eval-envs must be at least 1"),
+        (
+            cfg.eval_interval >= 1 and cfg.eval_episodes >= 1 and cfg.eval_envs >= 1,
+            "--eval-interval, --eval-episodes and --eval-envs must be at least 1",
+        ),
         (cfg.update_epochs >= 1, "--update-epochs must be at least 1"),
-        (1 <= cfg.num_minibatches <= cfg.batch_size and cfg.batch_size % cfg.num_minibatches == 0,
-         f"--num-minibatches {cfg.num_minibatches} must divide the batch of {cfg.num_envs} envs x "
-         f"{cfg.num_steps} steps = {cfg.batch_size}"),
+        (
+            1 <= cfg.num_minibatches <= cfg.batch_size and cfg.batch_size % cfg.num_minibatches == 0,
+            f"--num-minibatches {cfg.num_minibatches} must divide the batch of {cfg.num_envs} envs x "
+            f"{cfg.num_steps} steps = {cfg.batch_size}",
+        ),
         (cfg.lr > 0, "--lr must be positive"),
         (0 < cfg.gamma <= 1 and 0 <= cfg.gae_lambda <= 1, "--gamma must be in (0, 1] and --gae-lambda in [0, 1]"),
         (cfg.clip_coef > 0 and cfg.max_grad_norm > 0, "--clip-coef and --max-grad-norm must be positive"),
         (0 <= cfg.sticky_actions <= 1, "--sticky-actions must be a probability"),
         (cfg.save_interval > 0, "--save-interval must be positive"),
-    ]  # fmt: skip
+    ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
@@ -204,8 +274,10 @@ def prepare_logdir(cfg: Config) -> Path:
         cfg.logdir = f"logs/run_{n}"
     logdir = Path(cfg.logdir)
     if not re.search(r"\d$", logdir.name):
-        warnings.warn(f"logdir {logdir} does not end in a number; numbered runs (logs/run_1) are easier to keep apart",
-                      stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"logdir {logdir} does not end in a number; numbered runs (logs/run_1) are easier to keep apart",
+            stacklevel=2,
+        )
     if logdir.exists() and any(logdir.iterdir()):
         if not cfg.overwrite:
             raise UsageError(f"{logdir} already holds a run; pass --overwrite to replace it or pick another --logdir")
@@ -227,7 +299,7 @@ class RunLogger:
     """Metrics to `metrics.jsonl` always, and to wandb unless disabled."""
 
     def __init__(self, cfg: Config, logdir: Path):
-        self.metrics_file = open(logdir / "metrics.jsonl", "a")
+        self.metrics_file = open(logdir / "metrics.jsonl", "a")  # noqa: SIM115 (open for the run, see close)
         self.wandb = init_wandb(cfg, logdir)
 
     def log(self, step: int, metrics: dict) -> None:
@@ -265,8 +337,14 @@ def init_wandb(cfg: Config, logdir: Path):
     if mode == "auto":
         mode = "online" if os.environ.get("WANDB_API_KEY") or wandb_logged_in() else "offline"
     config = cfg.public_dict() | {"hardware": hardware_info()}
-    kwargs = dict(project=cfg.wandb_project, entity=cfg.wandb_entity or None, name=logdir.name, dir=str(logdir),
-                  config=config, group=cfg.env)  # fmt: skip
+    kwargs = dict(
+        project=cfg.wandb_project,
+        entity=cfg.wandb_entity or None,
+        name=logdir.name,
+        dir=str(logdir),
+        config=config,
+        group=cfg.env,
+    )
     try:
         run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=90), **kwargs)
     except Exception as e:  # bad key, no network, service error: never stop training over logging
@@ -279,8 +357,12 @@ def init_wandb(cfg: Config, logdir: Path):
 
 
 def hardware_info() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "platform": platform.platform()}  # fmt: skip
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -314,13 +396,25 @@ class EvalHistory:
 
     def __init__(self, logdir: Path):
         self.logdir = logdir
-        self.stats: dict[str, list] = {"step": [], "mean_return": [], "std_return": [], "mean_length": [],
-                                       "returns": [], "lengths": []}  # fmt: skip
+        self.stats: dict[str, list] = {
+            "step": [],
+            "mean_return": [],
+            "std_return": [],
+            "mean_length": [],
+            "returns": [],
+            "lengths": [],
+        }
 
     def add(self, step: int, result: EvalResult) -> dict:
         summary = result.summary()
-        row = {"step": step, "mean_return": summary["mean_return"], "std_return": summary["std_return"],
-               "mean_length": summary["mean_length"], "returns": result.returns, "lengths": result.lengths}  # fmt: skip
+        row = {
+            "step": step,
+            "mean_return": summary["mean_return"],
+            "std_return": summary["std_return"],
+            "mean_length": summary["mean_length"],
+            "returns": result.returns,
+            "lengths": result.lengths,
+        }
         if "crafter_score" in summary:
             row |= {"crafter_score": summary["crafter_score"], "success_rates": summary["success_rates"]}
         for key, value in row.items():
@@ -355,14 +449,27 @@ def reward_mode(cfg: Config) -> str:
 
 
 def make_train_env(cfg: Config) -> VecEnv:
-    return make_vec_env(cfg.env, cfg.num_envs, cfg.seed, cfg.history_length,
-                        distribution_mode=cfg.distribution_mode, start_level=cfg.start_level,
-                        num_levels=cfg.num_levels, episodic_life=cfg.episodic_life,
-                        repeat_action_probability=cfg.sticky_actions)  # fmt: skip
+    return make_vec_env(
+        cfg.env,
+        cfg.num_envs,
+        cfg.seed,
+        cfg.history_length,
+        distribution_mode=cfg.distribution_mode,
+        start_level=cfg.start_level,
+        num_levels=cfg.num_levels,
+        episodic_life=cfg.episodic_life,
+        repeat_action_probability=cfg.sticky_actions,
+    )
 
 
-def collect_rollout(envs: VecEnv, policy: ActorCritic, buffer: RolloutBuffer, obs: np.ndarray,
-                    scaler: RewardScaler, timing: dict[str, float]) -> tuple[np.ndarray, list]:  # fmt: skip
+def collect_rollout(
+    envs: VecEnv,
+    policy: ActorCritic,
+    buffer: RolloutBuffer,
+    obs: np.ndarray,
+    scaler: RewardScaler,
+    timing: dict[str, float],
+) -> tuple[np.ndarray, list]:
     """Fill `buffer` with num_steps steps of every env, starting from `obs`; -> (next obs, episodes)."""
     policy.eval()
     episodes = []
@@ -383,8 +490,16 @@ def collect_rollout(envs: VecEnv, policy: ActorCritic, buffer: RolloutBuffer, ob
             with torch.inference_mode():
                 final = torch.as_tensor(result.final_obs[result.truncated], device=device)
                 bootstrap[torch.as_tensor(result.truncated, device=device)] = policy.value(final)
-        buffer.add(t, obs_t, action, logprob, value, torch.as_tensor(rewards, device=device),
-                   torch.as_tensor(dones, dtype=torch.float32, device=device), bootstrap)  # fmt: skip
+        buffer.add(
+            t,
+            obs_t,
+            action,
+            logprob,
+            value,
+            torch.as_tensor(rewards, device=device),
+            torch.as_tensor(dones, dtype=torch.float32, device=device),
+            bootstrap,
+        )
         obs = result.obs
         episodes.extend(result.episodes)
         timing["inference"] += tac - tic + time.perf_counter() - toc
@@ -404,13 +519,16 @@ def train(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     (logdir / "config.json").write_text(json.dumps(cfg.public_dict(), indent=2))
-    print(f"pixelppo: {cfg.env} for {cfg.steps:,} steps on {device}, {cfg.num_envs} envs, backbone {cfg.backbone}"
-          f" -> {logdir}")  # fmt: skip
+    print(
+        f"pixelppo: {cfg.env} for {cfg.steps:,} steps on {device}, {cfg.num_envs} envs, backbone {cfg.backbone}"
+        f" -> {logdir}"
+    )
 
     envs = make_train_env(cfg)
     eval_envs = make_eval_env(cfg.public_dict(), min(cfg.eval_envs, cfg.eval_episodes), cfg.seed)
-    spec = PolicySpec(cfg.backbone, envs.obs_shape, envs.frame_channels, envs.num_actions, cfg.head_hidden,
-                      cfg.freeze_backbone)  # fmt: skip
+    spec = PolicySpec(
+        cfg.backbone, envs.obs_shape, envs.frame_channels, envs.num_actions, cfg.head_hidden, cfg.freeze_backbone
+    )
     policy = ActorCritic(spec, cfg.pretrained, cfg.pretrained_file).to(device)
     ppo = PPO(policy, cfg, seed=cfg.seed)
     buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, envs.obs_shape, device)
@@ -425,10 +543,18 @@ def train(cfg: Config) -> dict:
     start = last_print = last_save = time.time()
 
     def checkpoint(path: Path) -> None:
-        save_checkpoint(path, {"config": cfg.public_dict(), "policy_spec": spec.to_dict(),
-                               "model": policy.state_dict(), "optimizer": ppo.optimizer.state_dict(),
-                               "global_step": global_step, "best_eval_return": best_return,
-                               "eval_return": last_eval})  # fmt: skip
+        save_checkpoint(
+            path,
+            {
+                "config": cfg.public_dict(),
+                "policy_spec": spec.to_dict(),
+                "model": policy.state_dict(),
+                "optimizer": ppo.optimizer.state_dict(),
+                "global_step": global_step,
+                "best_eval_return": best_return,
+                "eval_return": last_eval,
+            },
+        )
 
     try:
         obs = envs.reset()
@@ -447,12 +573,21 @@ def train(cfg: Config) -> dict:
             timing["update"] += time.perf_counter() - tic
 
             elapsed = time.time() - start
-            metrics = {f"losses/{k}": v for k, v in stats.items()} | {
-                "charts/learning_rate": lr, "charts/episodes": episodes.count, "perf/sps": global_step / elapsed,
-            } | {f"perf/{k}_seconds": v for k, v in timing.items()} | episodes.crafter_metrics()  # fmt: skip
+            metrics = (
+                {f"losses/{k}": v for k, v in stats.items()}
+                | {
+                    "charts/learning_rate": lr,
+                    "charts/episodes": episodes.count,
+                    "perf/sps": global_step / elapsed,
+                }
+                | {f"perf/{k}_seconds": v for k, v in timing.items()}
+                | episodes.crafter_metrics()
+            )
             if finished:
-                metrics |= {"charts/episode_return": float(np.mean([e.ret for e in finished])),
-                            "charts/episode_length": float(np.mean([e.length for e in finished]))}  # fmt: skip
+                metrics |= {
+                    "charts/episode_return": float(np.mean([e.ret for e in finished])),
+                    "charts/episode_length": float(np.mean([e.length for e in finished])),
+                }
             logger.log(global_step, metrics)
 
             if global_step >= next_eval or update == cfg.num_updates:
@@ -463,13 +598,19 @@ def train(cfg: Config) -> dict:
                 if improved:
                     best_return = last_eval
                     checkpoint(logdir / "best_model.pth")
-                eval_metrics = {"eval/mean_return": last_eval, "eval/std_return": summary["std_return"],
-                                "eval/mean_length": summary["mean_length"], "eval/best_return": best_return}  # fmt: skip
+                eval_metrics = {
+                    "eval/mean_return": last_eval,
+                    "eval/std_return": summary["std_return"],
+                    "eval/mean_length": summary["mean_length"],
+                    "eval/best_return": best_return,
+                }
                 if "crafter_score" in summary:
                     eval_metrics["eval/crafter_score"] = summary["crafter_score"]
                 logger.log(global_step, eval_metrics)
-                print(f"eval @ {global_step:,}: return {last_eval:.2f} +- {summary['std_return']:.2f} over "
-                      f"{len(result.returns)} episodes{' (new best, saved best_model.pth)' if improved else ''}")  # fmt: skip
+                print(
+                    f"eval @ {global_step:,}: return {last_eval:.2f} +- {summary['std_return']:.2f} over "
+                    f"{len(result.returns)} episodes{' (new best, saved best_model.pth)' if improved else ''}"
+                )
                 checkpoint(logdir / "last.pth")
                 last_save = time.time()
                 while next_eval <= global_step:
@@ -483,9 +624,12 @@ def train(cfg: Config) -> dict:
                 recent = episodes.recent_returns
                 ret = f"{np.mean(recent):.2f} ({len(recent)} eps)" if recent else "n/a"
                 eta = elapsed / global_step * (cfg.num_updates * cfg.batch_size - global_step)
-                print(f"step {global_step:,}/{cfg.steps:,} ({100 * global_step / cfg.steps:.0f}%) | "
-                      f"{global_step / elapsed:.0f} sps | return {ret} | best eval {best_return:.2f} | "
-                      f"eta {format_duration(eta)}", flush=True)  # fmt: skip
+                print(
+                    f"step {global_step:,}/{cfg.steps:,} ({100 * global_step / cfg.steps:.0f}%) | "
+                    f"{global_step / elapsed:.0f} sps | return {ret} | best eval {best_return:.2f} | "
+                    f"eta {format_duration(eta)}",
+                    flush=True,
+                )
     except KeyboardInterrupt:
         checkpoint(logdir / "last.pth")
         print(f"interrupted at step {global_step:,}; saved {logdir / 'last.pth'}", file=sys.stderr)
@@ -495,12 +639,20 @@ def train(cfg: Config) -> dict:
         eval_envs.close()
         logger.close()
 
-    summary = {"global_step": global_step, "best_eval_return": best_return, "last_eval_return": last_eval,
-               "sps": global_step / (time.time() - start), "seconds": time.time() - start,
-               "time_split_seconds": timing, "train_episodes": episodes.count} | episodes.crafter_metrics()  # fmt: skip
+    summary = {
+        "global_step": global_step,
+        "best_eval_return": best_return,
+        "last_eval_return": last_eval,
+        "sps": global_step / (time.time() - start),
+        "seconds": time.time() - start,
+        "time_split_seconds": timing,
+        "train_episodes": episodes.count,
+    } | episodes.crafter_metrics()
     (logdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"done: {global_step:,} steps at {summary['sps']:.0f} sps; best eval return {best_return:.2f}; "
-          f"checkpoints in {logdir}")  # fmt: skip
+    print(
+        f"done: {global_step:,} steps at {summary['sps']:.0f} sps; best eval return {best_return:.2f}; "
+        f"checkpoints in {logdir}"
+    )
     return summary
 
 

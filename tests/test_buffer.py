@@ -18,10 +18,9 @@ def reference_gae(rewards, values, dones, bootstrap, last_values, gamma, lam):
             if start >= end:
                 continue
             last_t = end - 1
-            if end == T and not dones[last_t, n]:
-                next_v = last_values[n]
-            else:
-                next_v = bootstrap[last_t, n]  # 0 on termination, V(final) on truncation
+            cut_by_rollout = end == T and not dones[last_t, n]
+            # 0 after termination, V(final) after truncation, V(next obs) where the rollout is cut
+            next_v = last_values[n] if cut_by_rollout else bootstrap[last_t, n]
             gae = 0.0
             for t in reversed(range(start, end)):
                 v_next = next_v if t == last_t else values[t + 1, n]
@@ -48,9 +47,17 @@ def test_gae_matches_reference_with_terminations_and_truncations(seed):
 
     buf = RolloutBuffer(T, N, (1, 2, 2), torch.device("cpu"))
     for t in range(T):
-        f = lambda x: torch.as_tensor(x[t], dtype=torch.float32)  # noqa: E731
-        buf.add(t, torch.zeros(N, 1, 2, 2, dtype=torch.uint8), torch.zeros(N, dtype=torch.long), f(values) * 0,
-                f(values), f(rewards), f(dones.astype(float)), f(bootstrap))
+        f = lambda x, t=t: torch.as_tensor(x[t], dtype=torch.float32)
+        buf.add(
+            t,
+            torch.zeros(N, 1, 2, 2, dtype=torch.uint8),
+            torch.zeros(N, dtype=torch.long),
+            f(values) * 0,
+            f(values),
+            f(rewards),
+            f(dones.astype(float)),
+            f(bootstrap),
+        )
     buf.compute_advantages(torch.as_tensor(last_values, dtype=torch.float32), gamma, lam)
 
     expected = reference_gae(rewards, values, dones, bootstrap, last_values, gamma, lam)
@@ -61,10 +68,17 @@ def test_gae_matches_reference_with_terminations_and_truncations(seed):
 def test_gae_single_terminal_step_by_hand():
     buf = RolloutBuffer(2, 1, (1, 1, 1), torch.device("cpu"))
     z = torch.zeros(1)
-    buf.add(0, torch.zeros(1, 1, 1, 1, dtype=torch.uint8), z.long(), z, torch.tensor([0.5]), torch.tensor([1.0]),
-            z, z)
-    buf.add(1, torch.zeros(1, 1, 1, 1, dtype=torch.uint8), z.long(), z, torch.tensor([0.2]), torch.tensor([2.0]),
-            torch.ones(1), z)
+    buf.add(0, torch.zeros(1, 1, 1, 1, dtype=torch.uint8), z.long(), z, torch.tensor([0.5]), torch.tensor([1.0]), z, z)
+    buf.add(
+        1,
+        torch.zeros(1, 1, 1, 1, dtype=torch.uint8),
+        z.long(),
+        z,
+        torch.tensor([0.2]),
+        torch.tensor([2.0]),
+        torch.ones(1),
+        z,
+    )
     buf.compute_advantages(torch.tensor([100.0]), gamma=0.5, gae_lambda=0.5)
     # step 1 terminated: delta1 = 2 - 0.2 = 1.8; step 0: delta0 = 1 + 0.5*0.2 - 0.5 = 0.6, A0 = 0.6 + 0.25*1.8
     assert buf.advantages[:, 0].tolist() == pytest.approx([0.6 + 0.25 * 1.8, 1.8])

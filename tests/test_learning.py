@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from toy_env import GridGoalVecEnv
 
-from buffer import RewardScaler, RolloutBuffer
 from agent import PPO
+from buffer import RewardScaler, RolloutBuffer
 from evaluate import run_episodes
 from policy import ActorCritic, PolicySpec
 from train import Config, collect_rollout, learning_rate
@@ -36,8 +36,19 @@ def train_on_grid(cfg: Config, seed: int = 0) -> float:
 
 
 def grid_config(**overrides) -> Config:
-    base = dict(backbone="impala_cnn", pretrained=False, freeze_backbone=False, head_hidden=64, num_envs=16,
-                num_steps=32, num_minibatches=4, update_epochs=4, lr=1e-3, gamma=0.9, steps=24_000)
+    base = dict(
+        backbone="impala_cnn",
+        pretrained=False,
+        freeze_backbone=False,
+        head_hidden=64,
+        num_envs=16,
+        num_steps=32,
+        num_minibatches=4,
+        update_epochs=4,
+        lr=1e-3,
+        gamma=0.9,
+        steps=24_000,
+    )
     return Config(**(base | overrides))
 
 

@@ -16,8 +16,9 @@ class GridGoalVecEnv(VecEnv):
     frame_channels = 3
     num_actions = 4
 
-    def __init__(self, num_envs: int, seed: int = 0, size: int = 5, scale: int = 2, limit: int = 12,
-                 history_length: int = 1):
+    def __init__(
+        self, num_envs: int, seed: int = 0, size: int = 5, scale: int = 2, limit: int = 12, history_length: int = 1
+    ):
         self.num_envs, self.size, self.scale, self.limit = num_envs, size, scale, limit
         self.obs_shape = (3 * history_length, size * scale, size * scale)
         self.rng = np.random.default_rng(seed)
@@ -28,8 +29,9 @@ class GridGoalVecEnv(VecEnv):
 
     def _new_episode(self, rows: np.ndarray) -> None:
         for i in rows:
-            self.agent[i], self.goal[i] = self.rng.choice(self.size * self.size, 2, replace=False)[:, None] // [
-                self.size, 1] % self.size  # fmt: skip
+            self.agent[i], self.goal[i] = (
+                self.rng.choice(self.size * self.size, 2, replace=False)[:, None] // [self.size, 1] % self.size
+            )
             self.t[i] = 0
 
     def _draw(self) -> np.ndarray:

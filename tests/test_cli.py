@@ -1,0 +1,213 @@
+"""End to end: train.py on each family with a tiny backbone, then evaluate.py; CLI errors."""
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+import train
+from checkpoint import save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--backbone",
+    "nature_cnn",
+    "--no-pretrained",
+    "--no-freeze-backbone",
+    "--head-hidden",
+    "32",
+    "--num-steps",
+    "32",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "2",
+    "--eval-episodes",
+    "2",
+    "--eval-envs",
+    "2",
+    "--wandb-mode",
+    "offline",
+]
+FAMILIES = {
+    "crafter": ["--env", "crafter", "--num-envs", "4", "--steps", "2048", "--eval-interval", "1024"],
+    "procgen": [
+        "--env",
+        "procgen/bigfish",
+        "--num-envs",
+        "8",
+        "--steps",
+        "3072",
+        "--eval-interval",
+        "1536",
+        "--history-length",
+        "2",
+    ],
+    "atari": [
+        "--env",
+        "atari/Pong",
+        "--num-envs",
+        "4",
+        "--steps",
+        "2048",
+        "--eval-interval",
+        "1024",
+        "--backbone",
+        "nature_cnn",
+    ],
+}
+
+
+def run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def trained_run(request, tmp_path_factory):
+    logdir = tmp_path_factory.mktemp(request.param) / "run_1"
+    args = [*TINY, *FAMILIES[request.param], "--logdir", str(logdir)]
+    if request.param == "atari":
+        args += ["--eval-episodes", "1", "--eval-envs", "1"]  # a full Pong game is ~800+ agent steps
+    proc = run("train.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return request.param, logdir, proc
+
+
+def test_training_writes_every_output(trained_run):
+    family, logdir, proc = trained_run
+    for name in (
+        "best_model.pth",
+        "last.pth",
+        "eval_stats.pkl",
+        "eval_stats.json",
+        "metrics.jsonl",
+        "config.json",
+        "summary.json",
+    ):
+        assert (logdir / name).is_file(), name
+    assert list((logdir / "wandb").glob("offline-run-*/run-*.wandb")), "no offline wandb run"
+    with open(logdir / "eval_stats.pkl", "rb") as f:
+        stats = pickle.load(f)
+    assert len(stats["step"]) == 2 and len(stats["returns"][0]) >= 1
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*rows)
+    for key in (
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/entropy",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "losses/explained_variance",
+        "losses/grad_norm",
+        "charts/learning_rate",
+        "perf/sps",
+        "eval/mean_return",
+    ):
+        assert key in keys, key
+    if family == "crafter":
+        assert "crafter/score" in keys and "crafter/success_collect_wood" in keys
+    config = json.loads((logdir / "config.json").read_text())
+    assert "wandb_key" not in config and config["env"] == FAMILIES[family][1]
+    assert "step" in proc.stdout and "sps" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_evaluate_rebuilds_from_the_checkpoint_alone(trained_run, tmp_path):
+    family, logdir, _ = trained_run
+    out = tmp_path / "eval.json"
+    proc = run(
+        "evaluate.py",
+        str(logdir / "best_model.pth"),
+        "--episodes",
+        "2",
+        "--num-envs",
+        "2",
+        "--deterministic",
+        "--json",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["episodes"] == 2 and "mean_return" in result and "return" in proc.stdout
+    if family == "crafter":
+        assert len(result["success_rates"]) == 22 and result["crafter_score"] >= 0
+
+
+def test_default_config_matches_the_seed_project():
+    cfg = train.config_from_args([])
+    assert (
+        cfg.env,
+        cfg.steps,
+        cfg.eval_interval,
+        cfg.eval_episodes,
+        cfg.num_envs,
+        cfg.history_length,
+        cfg.lr,
+        cfg.seed,
+    ) == ("crafter", 1_000_000, 100_000, 20, 64, 4, 3e-4, 42)
+    assert cfg.backbone.startswith("tf_efficientnetv2_s") and cfg.freeze_backbone and cfg.pretrained
+
+
+def test_presets_and_flags_layer_in_order():
+    cfg = train.config_from_args(["--preset", "atari-cleanrl", "--env", "atari/Pong", "--lr", "1e-4"])
+    assert (cfg.env, cfg.lr, cfg.clip_coef, cfg.backbone) == ("atari/Pong", 1e-4, 0.1, "nature_cnn")
+
+
+BAD_TRAIN_ARGS = {
+    "unknown game": ["--env", "procgen/notagame"],
+    "unknown family": ["--env", "doom/E1M1"],
+    "unknown backbone": ["--backbone", "not_a_timm_model"],
+    "minibatches": ["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"],
+    "zero envs": ["--num-envs", "0"],
+    "preset family": ["--preset", "procgen-official", "--env", "crafter"],
+    "missing weights": ["--pretrained-file", "/nonexistent/weights.pth"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TRAIN_ARGS))
+def test_bad_train_input_gives_one_line_and_exit_2(case, tmp_path, capsys):
+    assert train.main([*BAD_TRAIN_ARGS[case], "--logdir", str(tmp_path / "run_1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.py: error:") and "\n" not in err
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    logdir = tmp_path / "run_1"
+    logdir.mkdir()
+    (logdir / "last.pth").write_bytes(b"precious")
+    assert train.main(["--logdir", str(logdir)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (logdir / "last.pth").read_bytes() == b"precious"
+
+
+def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, capsys):
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"\x00" * 64)
+    spec = {
+        "backbone": "nature_cnn",
+        "obs_shape": [4, 84, 84],
+        "frame_channels": 1,
+        "num_actions": 6,
+        "head_hidden": 32,
+        "freeze_backbone": False,
+    }
+    save_checkpoint(
+        tmp_path / "mismatch.pth",
+        {"config": {"env": "atari/Pong"}, "policy_spec": spec, "model": {"nonsense": torch.ones(1)}, "global_step": 0},
+    )
+    for name in ("missing.pth", "foreign.pth", "garbage.pth", "mismatch.pth"):
+        assert evaluate.main([str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("evaluate.py: error:") and "\n" not in err, err
+
+
+def test_cli_error_from_a_real_process_has_no_traceback(tmp_path):
+    proc = run("train.py", "--env", "atari/NoSuchGame", "--logdir", str(tmp_path / "run_1"), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
