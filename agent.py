@@ -96,7 +96,8 @@ class PPO:
         for _epoch in range(self.hp.update_epochs):
             epoch_kl = []
             for mb in buffer.minibatches(self.hp.num_minibatches, self.generator):
-                new_logprob, entropy, new_value = self.policy.evaluate_actions(mb.obs, mb.actions)
+                features = mb.inputs if self.policy.caches_features else self.policy.features(mb.inputs)
+                new_logprob, entropy, new_value = self.policy.evaluate_actions(features, mb.actions)
                 loss, pieces = ppo_loss(
                     new_logprob, entropy, new_value, mb.logprobs, mb.values, mb.advantages, mb.returns, self.hp
                 )

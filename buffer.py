@@ -11,7 +11,7 @@ import torch
 
 @dataclass
 class Minibatch:
-    obs: torch.Tensor  # (B, K*C, H, W) uint8
+    inputs: torch.Tensor  # (B, K*C, H, W) uint8 frames, or (B, F) cached backbone features
     actions: torch.Tensor  # (B,)
     logprobs: torch.Tensor  # (B,) log-prob under the rollout policy
     values: torch.Tensor  # (B,) value estimates of the rollout policy
@@ -20,17 +20,31 @@ class Minibatch:
 
 
 class RolloutBuffer:
-    """Preallocated (T, N, ...) storage of one rollout; observations stay uint8.
+    """Preallocated (T, N, ...) storage of one rollout.
+
+    `inputs` holds what the update feeds the policy: uint8 frame stacks (T, N, K*C, H, W), or, with
+    `feature_dim` set (frozen backbone), the backbone features (T, N, F) computed during the rollout,
+    so the epochs never run the backbone again and the frames need not be kept.
 
     `dones[t]` marks that the episode of each env ended at step t (terminated or truncated), so
     obs[t + 1] belongs to a new episode. `bootstrap[t]` is V(final_obs) for a truncated step, 0 else:
     a truncated episode is cut by a time limit, not by the game, so its value is not zero.
     """
 
-    def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], device: torch.device):
+    def __init__(
+        self,
+        num_steps: int,
+        num_envs: int,
+        obs_shape: tuple[int, ...],
+        device: torch.device,
+        feature_dim: int | None = None,
+    ):
         self.num_steps, self.num_envs, self.device = num_steps, num_envs, device
         shape = (num_steps, num_envs)
-        self.obs = torch.zeros(shape + tuple(obs_shape), dtype=torch.uint8, device=device)
+        if feature_dim is None:
+            self.inputs = torch.zeros(shape + tuple(obs_shape), dtype=torch.uint8, device=device)
+        else:
+            self.inputs = torch.zeros(shape + (feature_dim,), device=device)
         self.actions = torch.zeros(shape, dtype=torch.long, device=device)
         self.logprobs = torch.zeros(shape, device=device)
         self.values = torch.zeros(shape, device=device)
@@ -47,7 +61,7 @@ class RolloutBuffer:
     def add(
         self,
         t: int,
-        obs: torch.Tensor,
+        inputs: torch.Tensor,
         actions: torch.Tensor,
         logprobs: torch.Tensor,
         values: torch.Tensor,
@@ -55,8 +69,8 @@ class RolloutBuffer:
         dones: torch.Tensor,
         bootstrap: torch.Tensor,
     ) -> None:
-        """Store step t of every env: the obs acted on and what followed."""
-        self.obs[t] = obs
+        """Store step t of every env: the obs (or its features) acted on and what followed."""
+        self.inputs[t] = inputs
         self.actions[t] = actions
         self.logprobs[t] = logprobs
         self.values[t] = values
@@ -82,10 +96,15 @@ class RolloutBuffer:
         """One pass over the flattened rollout in random minibatches."""
         order = torch.randperm(self.batch_size, generator=generator).to(self.device)
         flat = lambda x: x.reshape(self.batch_size, *x.shape[2:])  # noqa: E731
-        obs, actions, logprobs, values = flat(self.obs), flat(self.actions), flat(self.logprobs), flat(self.values)
+        inputs, actions, logprobs, values = (
+            flat(self.inputs),
+            flat(self.actions),
+            flat(self.logprobs),
+            flat(self.values),
+        )
         advantages, returns = flat(self.advantages), flat(self.returns)
         for idx in order.chunk(num_minibatches):
-            yield Minibatch(obs[idx], actions[idx], logprobs[idx], values[idx], advantages[idx], returns[idx])
+            yield Minibatch(inputs[idx], actions[idx], logprobs[idx], values[idx], advantages[idx], returns[idx])
 
 
 class RunningMeanStd:

@@ -73,7 +73,7 @@ def run_episodes(
     obs = envs.reset()
     while (done < quotas).any():
         with torch.inference_mode():
-            action, _, _ = policy.act(torch.as_tensor(obs, device=device), deterministic)
+            action = policy.act(torch.as_tensor(obs, device=device), deterministic).action
         result = envs.step(action.cpu().numpy())
         for ep in result.episodes:
             if done[ep.env_index] < quotas[ep.env_index]:

@@ -11,6 +11,7 @@ import os
 import socket
 import warnings
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import timm
 import torch
@@ -238,6 +239,13 @@ def mlp_head(in_dim: int, hidden: int, out_dim: int, out_gain: float) -> nn.Sequ
     )
 
 
+class Act(NamedTuple):
+    action: torch.Tensor  # (B,)
+    logprob: torch.Tensor  # (B,)
+    value: torch.Tensor  # (B,)
+    features: torch.Tensor  # (B, F) backbone output
+
+
 class ActorCritic(nn.Module):
     """uint8 frame stacks -> backbone features -> separate policy (logits) and value heads."""
 
@@ -250,7 +258,7 @@ class ActorCritic(nn.Module):
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
         with torch.no_grad():  # also materializes lazy layers
-            feature_dim = self.backbone(torch.zeros(2, in_chans, height, width)).shape[-1]
+            self.feature_dim = feature_dim = self.backbone(torch.zeros(2, in_chans, height, width)).shape[-1]
         self.policy_head = mlp_head(feature_dim, spec.head_hidden, spec.num_actions, out_gain=0.01)
         self.value_head = mlp_head(feature_dim, spec.head_hidden, 1, out_gain=1.0)
         if spec.freeze_backbone:
@@ -271,23 +279,32 @@ class ActorCritic(nn.Module):
                 return self.backbone(x)
         return self.backbone(x)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> logits (B, A), value (B,)."""
-        h = self.features(obs)
-        return self.policy_head(h), self.value_head(h).squeeze(-1)
+    @property
+    def caches_features(self) -> bool:
+        """A frozen backbone maps each observation to fixed features: compute them once per rollout."""
+        return self.spec.freeze_backbone
 
-    def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, ...]:
-        """-> action (B,), log-prob (B,), value (B,)."""
-        logits, value = self(obs)
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, F) -> logits (B, A), value (B,)."""
+        return self.policy_head(features), self.value_head(features).squeeze(-1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs (B, K*C, H, W) uint8 -> logits (B, A), value (B,)."""
+        return self.heads(self.features(obs))
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> Act:
+        """Sample (or argmax) actions for obs (B, K*C, H, W) uint8."""
+        features = self.features(obs)
+        logits, value = self.heads(features)
         dist = Categorical(logits=logits)
         action = logits.argmax(-1) if deterministic else dist.sample()
-        return action, dist.log_prob(action), value
+        return Act(action, dist.log_prob(action), value, features)
 
-    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """-> log-prob (B,), entropy (B,), value (B,) of `actions` under the current policy."""
-        logits, value = self(obs)
+    def evaluate_actions(self, features: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """features (B, F) -> log-prob (B,), entropy (B,), value (B,) of `actions` under the current policy."""
+        logits, value = self.heads(features)
         dist = Categorical(logits=logits)
         return dist.log_prob(actions), dist.entropy(), value
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.value_head(self.features(obs)).squeeze(-1)
+        return self.heads(self.features(obs))[1]

@@ -478,8 +478,8 @@ def collect_rollout(
         tic = time.perf_counter()
         obs_t = torch.as_tensor(obs, device=device)  # (N, K*C, H, W) uint8
         with torch.inference_mode():
-            action, logprob, value = policy.act(obs_t)
-        actions = action.cpu().numpy()
+            act = policy.act(obs_t)
+        actions = act.action.cpu().numpy()
         tac = time.perf_counter()
         result = envs.step(actions)
         toc = time.perf_counter()
@@ -492,10 +492,10 @@ def collect_rollout(
                 bootstrap[torch.as_tensor(result.truncated, device=device)] = policy.value(final)
         buffer.add(
             t,
-            obs_t,
-            action,
-            logprob,
-            value,
+            act.features if policy.caches_features else obs_t,
+            act.action,
+            act.logprob,
+            act.value,
             torch.as_tensor(rewards, device=device),
             torch.as_tensor(dones, dtype=torch.float32, device=device),
             bootstrap,
@@ -505,6 +505,11 @@ def collect_rollout(
         timing["inference"] += tac - tic + time.perf_counter() - toc
         timing["env"] += toc - tac
     return obs, episodes
+
+
+def make_buffer(cfg: Config, policy: ActorCritic, obs_shape: tuple[int, ...], device: torch.device) -> RolloutBuffer:
+    feature_dim = policy.feature_dim if policy.caches_features else None
+    return RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_shape, device, feature_dim)
 
 
 def format_duration(seconds: float) -> str:
@@ -531,7 +536,7 @@ def train(cfg: Config) -> dict:
     )
     policy = ActorCritic(spec, cfg.pretrained, cfg.pretrained_file).to(device)
     ppo = PPO(policy, cfg, seed=cfg.seed)
-    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, envs.obs_shape, device)
+    buffer = make_buffer(cfg, policy, envs.obs_shape, device)
     scaler = RewardScaler(reward_mode(cfg), cfg.num_envs, cfg.gamma)
     logger = RunLogger(cfg, logdir)
     history = EvalHistory(logdir)

@@ -52,16 +52,28 @@ def test_explained_variance():
     assert math.isnan(explained_variance(t, torch.ones(4)))
 
 
-def filled_buffer(policy, seed=0):
+def filled_buffer(policy, seed=0, cache_features=None):
+    """A rollout of random frames; stores backbone features instead of frames when the policy caches them."""
+    cache = policy.caches_features if cache_features is None else cache_features
     g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the sampled actions too
     T, N = 8, 4
-    buf = RolloutBuffer(T, N, (3, 16, 16), torch.device("cpu"))
+    buf = RolloutBuffer(T, N, (3, 16, 16), torch.device("cpu"), policy.feature_dim if cache else None)
     for t in range(T):
         obs = torch.randint(0, 255, (N, 3, 16, 16), dtype=torch.uint8, generator=g)
         with torch.no_grad():
-            action, logprob, value = policy.act(obs)
+            act = policy.act(obs)
         reward = torch.randn(N, generator=g)
-        buf.add(t, obs, action, logprob, value, reward, torch.zeros(N), torch.zeros(N))
+        buf.add(
+            t,
+            act.features if cache else obs,
+            act.action,
+            act.logprob,
+            act.value,
+            reward,
+            torch.zeros(N),
+            torch.zeros(N),
+        )
     buf.compute_advantages(torch.zeros(N), 0.99, 0.95)
     return buf
 
@@ -69,7 +81,8 @@ def filled_buffer(policy, seed=0):
 def full_batch_loss(policy, buf, cfg):
     mb = next(buf.minibatches(1))
     with torch.no_grad():
-        lp, ent, v = policy.evaluate_actions(mb.obs, mb.actions)
+        features = mb.inputs if policy.caches_features else policy.features(mb.inputs)
+        lp, ent, v = policy.evaluate_actions(features, mb.actions)
         return ppo_loss(lp, ent, v, mb.logprobs, mb.values, mb.advantages, mb.returns, cfg)[0].item()
 
 
@@ -101,3 +114,26 @@ def test_frozen_backbone_is_not_updated():
     PPO(policy, Config(lr=1e-2, update_epochs=2, num_minibatches=2)).update(filled_buffer(policy))
     assert all(torch.equal(before[k], v) for k, v in policy.backbone.state_dict().items())
     assert not torch.equal(head_before, policy.policy_head[0].weight)
+
+
+class RecomputingPolicy(ActorCritic):
+    """A frozen-backbone policy that runs the backbone in every epoch instead of caching features."""
+
+    @property
+    def caches_features(self) -> bool:
+        return False
+
+
+def test_cached_feature_update_equals_recomputing_update():
+    torch.manual_seed(0)
+    spec = PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 32, freeze_backbone=True)
+    cached = ActorCritic(spec)
+    recomputing = RecomputingPolicy(spec)
+    recomputing.load_state_dict(cached.state_dict())
+    cfg = Config(lr=1e-2, update_epochs=3, num_minibatches=4)
+    stats_a = PPO(cached, cfg, seed=1).update(filled_buffer(cached, cache_features=True))
+    stats_b = PPO(recomputing, cfg, seed=1).update(filled_buffer(recomputing, cache_features=False))
+    assert filled_buffer(cached, cache_features=True).inputs.shape == (8, 4, cached.feature_dim)
+    for (name, a), b in zip(cached.state_dict().items(), recomputing.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    assert stats_a["policy_loss"] == pytest.approx(stats_b["policy_loss"])

@@ -7,10 +7,10 @@ import torch
 from toy_env import GridGoalVecEnv
 
 from agent import PPO
-from buffer import RewardScaler, RolloutBuffer
+from buffer import RewardScaler
 from evaluate import run_episodes
 from policy import ActorCritic, PolicySpec
-from train import Config, collect_rollout, learning_rate
+from train import Config, collect_rollout, learning_rate, make_buffer
 
 
 def train_on_grid(cfg: Config, seed: int = 0) -> float:
@@ -20,7 +20,7 @@ def train_on_grid(cfg: Config, seed: int = 0) -> float:
     spec = PolicySpec(cfg.backbone, envs.obs_shape, 3, envs.num_actions, cfg.head_hidden, cfg.freeze_backbone)
     policy = ActorCritic(spec)
     ppo = PPO(policy, cfg, seed=seed)
-    buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, envs.obs_shape, torch.device("cpu"))
+    buffer = make_buffer(cfg, policy, envs.obs_shape, torch.device("cpu"))
     scaler = RewardScaler("none", cfg.num_envs, cfg.gamma)
     timing = {"env": 0.0, "inference": 0.0}
     obs = envs.reset()

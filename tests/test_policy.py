@@ -44,8 +44,8 @@ def test_timm_backbone_in_actor_critic(tmp_path):
     assert policy.pixel_mean.shape == (1, 12, 1, 1)  # ImageNet mean tiled over the 4 stacked frames
     assert torch.allclose(policy.pixel_mean[0, 3:6, 0, 0], policy.pixel_mean[0, :3, 0, 0])
     obs = torch.randint(0, 255, (3, 12, 64, 64), dtype=torch.uint8)
-    action, logprob, value = policy.act(obs)
-    assert action.shape == logprob.shape == value.shape == (3,)
+    action, logprob, value, features = policy.act(obs)
+    assert action.shape == logprob.shape == value.shape == (3,) and features.shape == (3, policy.feature_dim)
     policy.train()
     assert not policy.backbone.training  # frozen BatchNorm statistics stay frozen
     assert all(not p.requires_grad for p in policy.backbone.parameters())
@@ -67,6 +67,6 @@ def test_bad_backbone_inputs():
 def test_deterministic_act_is_argmax():
     policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 32))
     obs = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
-    action, _, _ = policy.act(obs, deterministic=True)
+    action = policy.act(obs, deterministic=True).action
     logits, _ = policy(obs)
     assert torch.equal(action, logits.argmax(-1))
