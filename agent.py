@@ -89,11 +89,13 @@ class PPO:
             group["lr"] = lr
 
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:
-        """-> mean of each loss piece over all minibatches, plus grad norm and explained variance."""
+        """-> mean of each loss piece over the applied minibatches, plus grad norm, explained variance and
+        how many minibatches were skipped for a non-finite loss or gradient (they never touch the weights)."""
         self.policy.train()
         sums: dict[str, float] = {}
-        n = 0
-        for _epoch in range(self.hp.update_epochs):
+        applied = skipped = epochs = 0
+        while epochs < self.hp.update_epochs:
+            epochs += 1
             epoch_kl = []
             for mb in buffer.minibatches(self.hp.num_minibatches, self.generator):
                 features = mb.inputs if self.policy.caches_features else self.policy.features(mb.inputs)
@@ -102,17 +104,24 @@ class PPO:
                     new_logprob, entropy, new_value, mb.logprobs, mb.values, mb.advantages, mb.returns, self.hp
                 )
                 self.optimizer.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    skipped += 1
+                    continue
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.params, self.hp.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
                 self.optimizer.step()
                 for k, v in pieces.items():
                     sums[k] = sums.get(k, 0.0) + v.item()
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.item()
                 epoch_kl.append(pieces["approx_kl"].item())
-                n += 1
-            if self.hp.target_kl is not None and np.mean(epoch_kl) > self.hp.target_kl:
+                applied += 1
+            if self.hp.target_kl is not None and epoch_kl and np.mean(epoch_kl) > self.hp.target_kl:
                 break  # early stop: the policy moved too far from the rollout policy
-        stats = {k: v / n for k, v in sums.items()}
-        stats["epochs"] = _epoch + 1
+        stats = {k: v / max(applied, 1) for k, v in sums.items()}
+        stats |= {"epochs": epochs, "minibatches": applied + skipped, "skipped_minibatches": skipped}
         stats["explained_variance"] = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
         return stats

@@ -45,11 +45,11 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
 
 
-def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a logdir (its best_model.pth, else last.pth)."""
+def resolve_checkpoint_path(path: str | os.PathLike, prefer: str = "best_model.pth") -> Path:
+    """A checkpoint file, or a logdir (its `prefer` file, else the other of best_model.pth / last.pth)."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best_model.pth", "last.pth"):
+        for name in dict.fromkeys((prefer, "best_model.pth", "last.pth")):
             if (path / name).is_file():
                 return path / name
         raise CheckpointError(f"no best_model.pth or last.pth in {path}")

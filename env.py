@@ -12,11 +12,15 @@ Every vector env built by `make_vec_env` follows one contract (`VecEnv`):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import multiprocessing as mp
 import os
+import pickle
 import re
+import signal
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -157,6 +161,18 @@ class EpisodeTracker:
         self.returns[:] = 0
         self.lengths[:] = 0
 
+    def discard(self, rows: np.ndarray) -> None:
+        """Forget the running episodes of `rows` (cut short, not finished games)."""
+        self.returns[rows] = 0
+        self.lengths[rows] = 0
+
+    def state_dict(self) -> dict:
+        return {"returns": self.returns.copy(), "lengths": self.lengths.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.returns[:] = state["returns"]
+        self.lengths[:] = state["lengths"]
+
     def step(self, rewards: np.ndarray, game_over: np.ndarray, achievements=None) -> list[EpisodeStats]:
         self.returns += rewards
         self.lengths += 1
@@ -188,6 +204,14 @@ class VecEnv(ABC):
     def render(self) -> np.ndarray:
         """RGB frames (N, H, W, 3) uint8 of the current state, for videos."""
 
+    def get_state(self) -> dict | None:
+        """Everything needed to continue these exact episodes later (None: this family can't)."""
+        return None
+
+    def set_state(self, state: dict) -> np.ndarray:
+        """Continue from `get_state()`'s result; -> the current obs."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore game state")
+
     def close(self) -> None:
         return None
 
@@ -201,93 +225,234 @@ class VecEnv(ABC):
 # ----------------------------------------------------------------------------------------- Crafter
 
 
-def _crafter_worker(conn, seeds: list[int]) -> None:
-    """Runs several Crafter envs in one process; answers 'reset' and 'step' commands over `conn`."""
+class EnvCrashError(RuntimeError):
+    """Env workers crashed more often than allowed."""
+
+
+CRAFTER_PICKLE_ALLOWED = {
+    ("builtins", "set"), ("builtins", "frozenset"), ("collections", "defaultdict"), ("collections", "OrderedDict"),
+    ("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy.random._pickle", "__bit_generator_ctor"), ("numpy.random._pickle", "__randomstate_ctor"),
+}  # fmt: skip
+
+
+class CrafterUnpickler(pickle.Unpickler):
+    """Restores Crafter worlds without running arbitrary code: only Crafter and numpy classes load."""
+
+    def find_class(self, module: str, name: str):
+        allowed = (module, name) in CRAFTER_PICKLE_ALLOWED or (module, name) == (__name__, "InsertionOrderedSet")
+        if allowed or module in ("crafter.env", "crafter.engine", "crafter.objects"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a Crafter env state")
+
+
+class InsertionOrderedSet(dict):
+    """The set interface Crafter's World keeps its per-chunk objects in, iterated in insertion order.
+    Crafter's own plain sets of objects iterate in memory-address order, so which creature despawns
+    differed between processes for the same seed; with this, a seed gives one trajectory."""
+
+    def add(self, item) -> None:
+        self[item] = None
+
+    def remove(self, item) -> None:
+        del self[item]
+
+
+def _import_crafter():
     with contextlib.redirect_stderr(io.StringIO()):  # crafter imports old gym, which prints a banner
         import crafter
+    from crafter import engine
 
-    envs = [crafter.Env(seed=s) for s in seeds]
+    if not getattr(engine.World.reset, "ordered_chunks", False):
+        original_reset = engine.World.reset
+
+        def reset(world, seed=None):
+            original_reset(world, seed)
+            world._chunks = collections.defaultdict(InsertionOrderedSet)
+
+        reset.ordered_chunks = True
+        engine.World.reset = reset
+    return crafter
+
+
+def make_crafter(seed: int):
+    """The Crafter game as the paper defines it (64x64 view, 10000-step episodes), made reproducible."""
+    return _import_crafter().Env(seed=seed)
+
+
+def _crafter_step(envs: list, actions: np.ndarray) -> tuple:
     n = len(envs)
+    obs = np.empty((n, 64, 64, 3), np.uint8)
+    final = np.empty_like(obs)
+    rewards = np.zeros(n, np.float32)
+    terminated = np.zeros(n, bool)
+    truncated = np.zeros(n, bool)
+    achievements: list[dict | None] = [None] * n
+    for i, (env, action) in enumerate(zip(envs, actions, strict=True)):
+        obs[i], rewards[i], done, info = env.step(int(action))
+        final[i] = obs[i]
+        if done:
+            terminated[i] = info["discount"] == 0  # died
+            truncated[i] = not terminated[i]  # reached the episode length
+            achievements[i] = dict(info["achievements"])
+            obs[i] = env.reset()
+    return obs, final, rewards, terminated, truncated, achievements
+
+
+def _crafter_worker(conn, seeds: list[int], env_fn) -> None:
+    """Runs several Crafter envs in one process, answering commands over `conn` with ("ok", reply).
+    An exception inside the game is sent back as ("error", message) and ends the worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle: it saves, then closes us
+    _import_crafter()  # before any unpickling, so restored worlds get the same patched classes
+    envs = []
     try:
         while True:
             cmd, data = conn.recv()
-            if cmd == "reset":
-                conn.send(np.stack([e.reset() for e in envs]))
-            elif cmd == "step":
-                obs = np.empty((n, 64, 64, 3), np.uint8)
-                final = np.empty_like(obs)
-                rewards = np.zeros(n, np.float32)
-                terminated = np.zeros(n, bool)
-                truncated = np.zeros(n, bool)
-                achievements: list[dict | None] = [None] * n
-                for i, (env, action) in enumerate(zip(envs, data, strict=True)):
-                    obs[i], rewards[i], done, info = env.step(int(action))
-                    final[i] = obs[i]
-                    if done:
-                        terminated[i] = info["discount"] == 0  # died
-                        truncated[i] = not terminated[i]  # reached the episode length
-                        achievements[i] = dict(info["achievements"])
-                        obs[i] = env.reset()
-                conn.send((obs, final, rewards, terminated, truncated, achievements))
-            elif cmd == "render":
-                conn.send(np.stack([e.render() for e in envs]))
-            elif cmd == "close":
+            if cmd == "close":
                 break
-    except (KeyboardInterrupt, EOFError):
+            try:
+                if cmd == "reset":  # new env objects: every reset replays the same worlds for the same seeds
+                    envs = [env_fn(s) for s in seeds]
+                    reply = np.stack([e.reset() for e in envs])
+                elif cmd == "step":
+                    reply = _crafter_step(envs, data)
+                elif cmd == "render":
+                    reply = np.stack([e.render() for e in envs])
+                elif cmd == "get_state":
+                    reply = pickle.dumps(envs, protocol=pickle.HIGHEST_PROTOCOL)
+                elif cmd == "set_state":
+                    envs = CrafterUnpickler(io.BytesIO(data)).load()
+                    reply = None
+                else:
+                    raise ValueError(f"unknown command {cmd!r}")
+            except Exception as e:  # report any game failure to the parent, which restarts this worker
+                conn.send(("error", f"{type(e).__name__}: {e}"))
+                break
+            conn.send(("ok", reply))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
         pass
     finally:
         conn.close()
 
 
 class CrafterVecEnv(VecEnv):
-    """Crafter envs spread over worker processes (several envs per worker, one worker per core)."""
+    """Crafter envs spread over worker processes (several envs per worker, one worker per core).
+
+    A worker that dies or whose game raises is reported with its env indices and the exception and
+    restarted; its envs start new episodes (the cut ones count as truncated). More than `max_crashes`
+    crashes raise EnvCrashError.
+    """
 
     frame_channels = 3
     num_actions = 17
 
-    def __init__(self, num_envs: int, seed: int, history_length: int, num_workers: int | None = None):
-        self.num_envs = num_envs
+    def __init__(self, num_envs: int, seed: int, history_length: int, num_workers: int | None = None,
+                 max_crashes: int = 3, env_fn=make_crafter):  # fmt: skip
+        self.num_envs, self.seed, self.env_fn, self.max_crashes = num_envs, seed, env_fn, max_crashes
         self.obs_shape = (3 * history_length, 64, 64)
         workers = max(1, min(num_envs, num_workers or os.cpu_count() or 1))
-        self.slices = [s for s in np.array_split(np.arange(num_envs), workers)]
-        ctx = mp.get_context("spawn")  # no inherited torch threads or locks in the workers
-        self.conns, self.procs = [], []
-        for idx in self.slices:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_crafter_worker, args=(child, [seed + int(i) for i in idx]), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
+        self.slices = list(np.array_split(np.arange(num_envs), workers))
+        self.ctx = mp.get_context("spawn")  # no inherited torch threads or locks in the workers
+        self.conns: list = [None] * workers
+        self.procs: list = [None] * workers
+        self.crashes = 0
+        for w in range(workers):
+            self._start_worker(w)
         self.frames = FrameStack(num_envs, (3, 64, 64), history_length)
         self.tracker = EpisodeTracker(num_envs)
 
+    def _start_worker(self, w: int) -> None:
+        seeds = [self.seed + int(i) + 7919 * self.crashes for i in self.slices[w]]  # new worlds after a crash
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_crafter_worker, args=(child, seeds, self.env_fn), daemon=True)
+        proc.start()
+        child.close()
+        self.conns[w], self.procs[w] = parent, proc
+
+    def _restart_worker(self, w: int, reason: str) -> np.ndarray:
+        """Replace crashed worker `w`; -> first frames (n_w, 64, 64, 3) of its envs' new episodes."""
+        self.crashes += 1
+        idx = self.slices[w]
+        message = f"Crafter env worker {w} (envs {idx[0]}-{idx[-1]}) crashed: {reason}"
+        if self.crashes > self.max_crashes:
+            raise EnvCrashError(f"{message}; {self.crashes} crashes, more than the allowed {self.max_crashes}")
+        warnings.warn(f"{message}; restarting it (crash {self.crashes} of at most {self.max_crashes})", stacklevel=3)
+        with contextlib.suppress(OSError):
+            self.conns[w].close()
+        self.procs[w].kill()
+        self._start_worker(w)
+        return self._call(w, "reset")
+
+    def _call(self, w: int, cmd: str, data=None):
+        self.conns[w].send((cmd, data))
+        return self._receive(w)
+
+    def _receive(self, w: int):
+        status, reply = self.conns[w].recv()
+        if status == "error":
+            raise EnvCrashError(reply)
+        return reply
+
     def _gather(self, cmd: str, data: list | None = None) -> list:
-        for conn, d in zip(self.conns, data or [None] * len(self.conns), strict=True):
-            conn.send((cmd, d))
-        return [conn.recv() for conn in self.conns]
+        """Send one command to every worker, then collect the replies: None for a worker that crashed."""
+        for w, conn in enumerate(self.conns):
+            with contextlib.suppress(OSError):
+                conn.send((cmd, None if data is None else data[w]))
+        replies = []
+        for w in range(len(self.conns)):
+            try:
+                replies.append(self._receive(w))
+            except (EOFError, OSError, EnvCrashError) as e:
+                exitcode = self.procs[w].exitcode
+                reason = str(e) if isinstance(e, EnvCrashError) else f"worker process died (exit code {exitcode})"
+                replies.append(("crashed", reason))
+        return replies
 
     def reset(self) -> np.ndarray:
-        frames = np.concatenate(self._gather("reset")).transpose(0, 3, 1, 2)
-        self.frames.reset(frames)
+        replies = self._gather("reset")
+        frames = [self._restart_worker(w, r[1]) if isinstance(r, tuple) else r for w, r in enumerate(replies)]
+        self.frames.reset(np.concatenate(frames).transpose(0, 3, 1, 2))
         self.tracker.reset()
         return self.frames.stack.copy()
 
     def step(self, actions: np.ndarray) -> StepResult:
-        parts = self._gather("step", [actions[idx] for idx in self.slices])
-        obs, final, rewards, terminated, truncated = (np.concatenate(x) for x in list(zip(*parts, strict=True))[:5])
-        achievements = [a for p in parts for a in p[5]]
+        replies = self._gather("step", [actions[idx] for idx in self.slices])
+        crashed = np.zeros(self.num_envs, bool)
+        for w, reply in enumerate(replies):
+            if isinstance(reply[0], str):  # ("crashed", reason): the episodes of its envs are cut here
+                first = self._restart_worker(w, reply[1])
+                last = self.frames.stack[self.slices[w], -3:].transpose(0, 2, 3, 1)
+                n = len(first)
+                replies[w] = (first, last, np.zeros(n, np.float32), np.zeros(n, bool), np.ones(n, bool), [None] * n)
+                crashed[self.slices[w]] = True
+        obs, final, rewards, terminated, truncated = (np.concatenate(x) for x in list(zip(*replies, strict=True))[:5])
+        achievements = [a for r in replies for a in r[5]]
         ended = terminated | truncated
         final_obs = self.frames.step(obs.transpose(0, 3, 1, 2), final.transpose(0, 3, 1, 2), ended)
-        episodes = self.tracker.step(rewards, ended, achievements)
+        episodes = self.tracker.step(rewards, ended & ~crashed, achievements)
+        self.tracker.discard(crashed)
         return StepResult(self.frames.stack.copy(), rewards, terminated, truncated, final_obs, episodes)
 
     def render(self) -> np.ndarray:
-        return np.concatenate(self._gather("render"))
+        return np.concatenate([self._call(w, "render") for w in range(len(self.conns))])
+
+    def get_state(self) -> dict:
+        worlds = [self._call(w, "get_state") for w in range(len(self.conns))]
+        return {"worlds": worlds, "frames": self.frames.stack.copy(), **self.tracker.state_dict()}
+
+    def set_state(self, state: dict) -> np.ndarray:
+        if len(state["worlds"]) != len(self.conns) or state["frames"].shape != self.frames.stack.shape:
+            raise UsageError("saved Crafter env state does not match this run's envs and workers")
+        for w, worlds in enumerate(state["worlds"]):
+            self._call(w, "set_state", worlds)
+        self.frames.stack[:] = state["frames"]
+        self.tracker.load_state_dict(state)
+        return self.frames.stack.copy()
 
     def close(self) -> None:
         for conn in self.conns:
-            with contextlib.suppress(OSError, BrokenPipeError):
+            with contextlib.suppress(OSError):
                 conn.send(("close", None))
         for proc in self.procs:
             proc.join(timeout=5)
@@ -360,6 +525,18 @@ class ProcgenVecEnv(VecEnv):
 
     def render(self) -> np.ndarray:
         return np.ascontiguousarray(self.frames.stack[:, -3:].transpose(0, 2, 3, 1))
+
+    def get_state(self) -> dict:
+        return {"games": list(self.env.get_state()), "frames": self.frames.stack.copy(), **self.tracker.state_dict()}
+
+    def set_state(self, state: dict) -> np.ndarray:
+        self.reset()
+        if len(state["games"]) != self.num_envs or state["frames"].shape != self.frames.stack.shape:
+            raise UsageError("saved Procgen env state does not match this run's envs")
+        self.env.set_state(list(state["games"]))
+        self.frames.stack[:] = state["frames"]
+        self.tracker.load_state_dict(state)
+        return self.frames.stack.copy()
 
     def close(self) -> None:
         if self.env is not None:
@@ -455,6 +632,7 @@ def make_vec_env(
     seed: int,
     history_length: int,
     evaluation: bool = False,
+    max_crashes: int = 3,
     distribution_mode: str = "easy",
     start_level: int = 0,
     num_levels: int = 200,
@@ -469,7 +647,7 @@ def make_vec_env(
     if evaluation:
         seed += EVAL_SEED_OFFSET
     if spec.family == "crafter":
-        return CrafterVecEnv(num_envs, seed, history_length)
+        return CrafterVecEnv(num_envs, seed, history_length, max_crashes=max_crashes)
     if spec.family == "procgen":
         if distribution_mode not in ("easy", "hard", "extreme", "memory", "exploration"):
             raise UsageError(f"unknown Procgen distribution mode {distribution_mode!r}")

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,9 +63,16 @@ def episode_quotas(num_episodes: int, num_envs: int) -> np.ndarray:
 
 
 def run_episodes(
-    policy: ActorCritic, envs: VecEnv, num_episodes: int, device: torch.device, deterministic: bool = False
+    policy: ActorCritic,
+    envs: VecEnv,
+    num_episodes: int,
+    device: torch.device,
+    deterministic: bool = False,
+    seed: int = 0,
 ) -> EvalResult:
-    """Play `num_episodes` full episodes from a fresh reset and collect their raw returns."""
+    """Play `num_episodes` full episodes from a fresh reset and collect their raw returns. Actions are
+    sampled from a generator seeded with `seed`, so evaluation never moves the training RNG."""
+    generator = torch.Generator(device=device).manual_seed(seed)
     quotas = episode_quotas(num_episodes, envs.num_envs)
     done = np.zeros(envs.num_envs, dtype=np.int64)
     finished: list[EpisodeStats] = []
@@ -73,7 +81,7 @@ def run_episodes(
     obs = envs.reset()
     while (done < quotas).any():
         with torch.inference_mode():
-            action = policy.act(torch.as_tensor(obs, device=device), deterministic).action
+            action = policy.act(torch.as_tensor(obs, device=device), deterministic, generator).action
         result = envs.step(action.cpu().numpy())
         for ep in result.episodes:
             if done[ep.env_index] < quotas[ep.env_index]:
@@ -145,6 +153,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     args = parse_args(argv)
     try:
         if args.episodes < 1 or args.num_envs < 1:

@@ -292,12 +292,18 @@ class ActorCritic(nn.Module):
         """obs (B, K*C, H, W) uint8 -> logits (B, A), value (B,)."""
         return self.heads(self.features(obs))
 
-    def act(self, obs: torch.Tensor, deterministic: bool = False) -> Act:
-        """Sample (or argmax) actions for obs (B, K*C, H, W) uint8."""
+    def act(self, obs: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None) -> Act:
+        """Sample (or argmax) actions for obs (B, K*C, H, W) uint8; sampling draws from `generator` when
+        given (evaluation), else from torch's global RNG."""
         features = self.features(obs)
         logits, value = self.heads(features)
         dist = Categorical(logits=logits)
-        action = logits.argmax(-1) if deterministic else dist.sample()
+        if deterministic:
+            action = logits.argmax(-1)
+        elif generator is not None:
+            action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
+        else:
+            action = dist.sample()
         return Act(action, dist.log_prob(action), value, features)
 
     def evaluate_actions(self, features: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -7,6 +7,7 @@ steps evaluate on separate envs and keep `best_model.pth` whenever the mean eval
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -16,6 +17,8 @@ import platform
 import random
 import re
 import shutil
+import signal
+import socket
 import sys
 import time
 import warnings
@@ -28,8 +31,8 @@ import torch
 
 from agent import PPO
 from buffer import RewardScaler, RolloutBuffer
-from checkpoint import atomic_write, save_checkpoint
-from env import UsageError, VecEnv, make_vec_env, parse_env_id
+from checkpoint import CheckpointError, atomic_write, load_checkpoint, resolve_checkpoint_path, save_checkpoint
+from env import EnvCrashError, UsageError, VecEnv, make_vec_env, parse_env_id
 from evaluate import EvalResult, crafter_score, make_eval_env, resolve_device, run_episodes
 from policy import ActorCritic, PolicySpec
 
@@ -59,6 +62,10 @@ class Config:
     seed: int = arg(42, "random seed")
     device: str = arg("auto", "auto, cpu or cuda[:N]")
     save_interval: float = arg(10.0, "also save last.pth every this many minutes")
+    resume: str = arg("", "continue the run in this logdir (its last.pth) or from this checkpoint")
+    stop_after: int = arg(0, "stop cleanly once this many steps are done, to go on later with --resume (0: never)")
+    max_env_crashes: int = arg(3, "restart crashed env workers up to this many times, then stop the run")
+    max_bad_updates: int = arg(3, "stop after this many consecutive updates whose every minibatch was non-finite")
     # policy
     backbone: str = arg("tf_efficientnetv2_s.in21k_ft_in1k", "any timm model, or nature_cnn / impala_cnn")
     pretrained: bool = arg(True, "load the backbone's pretrained weights when they can be had")
@@ -197,6 +204,12 @@ PRESETS: dict[str, dict] = {
 
 # ------------------------------------------------------------------------------------------ CLI
 
+# Flags that may differ from the checkpoint's config when resuming; everything else is the run's own.
+RESUME_OVERRIDES = {
+    "resume", "steps", "stop_after", "device", "save_interval", "max_env_crashes", "max_bad_updates",
+    "wandb_mode", "wandb_project", "wandb_entity", "wandb_key", "overwrite",
+}  # fmt: skip
+
 
 def optional_float(text: str) -> float | None:
     return None if text.lower() in ("none", "") else float(text)
@@ -221,12 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: list[str] | None = None) -> Config:
-    """Defaults, then the preset's values, then the flags given."""
+    """Defaults, then the preset's values, then the flags given; with --resume, the run's own config."""
     given = vars(build_parser().parse_args(argv))
+    if "resume" in given:
+        return resumed_config(given)
     preset = PRESETS.get(given.get("preset", ""), {})
     cfg = Config(**(preset | given))
     if preset and parse_env_id(cfg.env).family != parse_env_id(preset["env"]).family:
         raise UsageError(f"preset {cfg.preset} is for {parse_env_id(preset['env']).family}, not {cfg.env}")
+    return cfg
+
+
+def resumed_config(given: dict) -> Config:
+    """The checkpoint's config, with only the flags in RESUME_OVERRIDES allowed to change."""
+    path = resolve_checkpoint_path(given["resume"], prefer="last.pth")
+    saved = load_checkpoint(path)["config"]
+    changed = sorted(k for k, v in given.items() if k not in RESUME_OVERRIDES and saved.get(k) != v)
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise UsageError(f"{flags} cannot change when resuming (the run keeps its own settings)")
+    known = {f.name for f in dataclasses.fields(Config)}
+    run_controls = {"stop_after": 0, "overwrite": False}  # what one invocation does, not part of the run
+    cfg = Config(**({k: v for k, v in saved.items() if k in known} | run_controls | given))
+    cfg.resume, cfg.logdir = str(path), str(path.parent)
     return cfg
 
 
@@ -252,6 +282,8 @@ def validate(cfg: Config) -> None:
         (cfg.clip_coef > 0 and cfg.max_grad_norm > 0, "--clip-coef and --max-grad-norm must be positive"),
         (0 <= cfg.sticky_actions <= 1, "--sticky-actions must be a probability"),
         (cfg.save_interval > 0, "--save-interval must be positive"),
+        (cfg.stop_after >= 0 and cfg.max_env_crashes >= 0, "--stop-after and --max-env-crashes must be >= 0"),
+        (cfg.max_bad_updates >= 1, "--max-bad-updates must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -266,7 +298,8 @@ def validate(cfg: Config) -> None:
 
 
 def prepare_logdir(cfg: Config) -> Path:
-    """Pick or check the run folder: never silently overwrite an existing run."""
+    """Pick or check the run folder: never silently overwrite an existing run; fail fast when it can't
+    be written."""
     if not cfg.logdir:
         n = 1
         while Path(f"logs/run_{n}").exists():
@@ -278,41 +311,69 @@ def prepare_logdir(cfg: Config) -> Path:
             f"logdir {logdir} does not end in a number; numbered runs (logs/run_1) are easier to keep apart",
             stacklevel=2,
         )
-    if logdir.exists() and any(logdir.iterdir()):
+    if not cfg.resume and logdir.exists() and any(logdir.iterdir()):
         if not cfg.overwrite:
-            raise UsageError(f"{logdir} already holds a run; pass --overwrite to replace it or pick another --logdir")
+            raise UsageError(f"{logdir} already holds a run; pass --overwrite to replace it or --resume to continue")
         shutil.rmtree(logdir)
+    for stale in logdir.glob(".*.tmp-*"):  # half-written files of a killed process; the real ones are intact
+        stale.unlink()
     try:
         logdir.mkdir(parents=True, exist_ok=True)
         probe = logdir / ".write-test"
-        probe.write_text("ok")
+        probe.write_bytes(b"\0" * 1024)
         probe.unlink()
     except OSError as e:
         raise UsageError(f"cannot write to logdir {logdir}: {e.strerror}") from e
+    free_mb = shutil.disk_usage(logdir).free / 2**20
+    if free_mb < MIN_FREE_MB:
+        raise UsageError(f"only {free_mb:.0f} MB free in {logdir}; checkpoints need at least {MIN_FREE_MB} MB")
     return logdir
+
+
+MIN_FREE_MB = 200
 
 
 # -------------------------------------------------------------------------------------- logging
 
 
 class RunLogger:
-    """Metrics to `metrics.jsonl` always, and to wandb unless disabled."""
+    """Metrics to `metrics.jsonl` always, and to wandb unless disabled. wandb trouble never stops a run:
+    a failing wandb is dropped with one warning and the local file goes on."""
 
-    def __init__(self, cfg: Config, logdir: Path):
-        self.metrics_file = open(logdir / "metrics.jsonl", "a")  # noqa: SIM115 (open for the run, see close)
-        self.wandb = init_wandb(cfg, logdir)
+    def __init__(self, cfg: Config, logdir: Path, wandb_id: str | None = None):
+        self.path = logdir / "metrics.jsonl"
+        self.metrics_file = open(self.path, "a")  # noqa: SIM115 (open for the run, see close)
+        self.wandb = init_wandb(cfg, logdir, wandb_id)
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self.wandb.id if self.wandb is not None else None
 
     def log(self, step: int, metrics: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         self.metrics_file.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
         self.metrics_file.flush()
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in clean.items() if v is not None}, step=step)
+            try:
+                self.wandb.log({k: v for k, v in clean.items() if v is not None}, step=step)
+            except Exception as e:  # a logging service must never end training
+                warnings.warn(f"wandb logging failed ({e}); continuing with local metrics only", stacklevel=2)
+                self.wandb = None
 
     def close(self) -> None:
         self.metrics_file.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            with contextlib.suppress(Exception):
+                self.wandb.finish()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after `step` (work after the checkpoint that a resumed run redoes)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
 def wandb_logged_in() -> bool:
@@ -324,8 +385,22 @@ def wandb_logged_in() -> bool:
         return False
 
 
-def init_wandb(cfg: Config, logdir: Path):
-    """wandb run: online with a key or login, offline files in the logdir otherwise."""
+def wandb_unreachable(timeout: float = 3.0) -> str:
+    """'' when the wandb server accepts connections, else why not (seconds, not wandb's minutes of retries)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return ""
+    except OSError as e:
+        return f"{url.hostname}:{port}: {e.strerror or e}"
+
+
+def init_wandb(cfg: Config, logdir: Path, run_id: str | None = None):
+    """wandb run: online with a key or login, offline files in the logdir otherwise; `run_id` resumes a
+    run. An online start that fails (no network, bad key, service error) falls back to offline."""
     if cfg.wandb_mode == "disabled":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -336,22 +411,27 @@ def init_wandb(cfg: Config, logdir: Path):
     mode = cfg.wandb_mode
     if mode == "auto":
         mode = "online" if os.environ.get("WANDB_API_KEY") or wandb_logged_in() else "offline"
-    config = cfg.public_dict() | {"hardware": hardware_info()}
+    if mode == "online" and (unreachable := wandb_unreachable()):
+        warnings.warn(f"wandb server unreachable ({unreachable}); logging offline", stacklevel=2)
+        mode = "offline"
     kwargs = dict(
         project=cfg.wandb_project,
         entity=cfg.wandb_entity or None,
         name=logdir.name,
         dir=str(logdir),
-        config=config,
+        config=cfg.public_dict() | {"hardware": hardware_info()},
         group=cfg.env,
+        id=run_id,
+        resume="allow" if run_id else None,
     )
     try:
-        run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=90), **kwargs)
+        run = wandb.init(mode=mode, **kwargs)
     except Exception as e:  # bad key, no network, service error: never stop training over logging
         if mode != "online":
-            raise
-        print(f"wandb: online init failed ({str(e).splitlines()[0][:120]}); logging offline", file=sys.stderr)
-        run = wandb.init(mode="offline", **kwargs)
+            warnings.warn(f"wandb could not start ({str(e).splitlines()[0][:160]}); local metrics only", stacklevel=2)
+            return None
+        warnings.warn(f"wandb online start failed ({str(e).splitlines()[0][:160]}); logging offline", stacklevel=2)
+        return init_wandb(dataclasses.replace(cfg, wandb_mode="offline"), logdir, run_id)
     print(f"wandb: {mode} run {'at ' + run.url if mode == 'online' else 'in ' + str(logdir / 'wandb')}")
     return run
 
@@ -390,20 +470,30 @@ class EpisodeLog:
         rates = {name: 100.0 * n / self.count for name, n in sorted(self.unlocked.items())}
         return {"crafter/score": crafter_score(rates)} | {f"crafter/success_{k}": v for k, v in rates.items()}
 
+    def state_dict(self) -> dict:
+        return {"recent_returns": list(self.recent_returns), "count": self.count, "unlocked": dict(self.unlocked)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.recent_returns.extend(state["recent_returns"])
+        self.count, self.unlocked = state["count"], dict(state["unlocked"])
+
 
 class EvalHistory:
     """Every evaluation of the run, saved as `eval_stats.pkl` (dict of lists) and `eval_stats.json`."""
 
+    KEYS = ("step", "mean_return", "std_return", "mean_length", "returns", "lengths")
+
     def __init__(self, logdir: Path):
         self.logdir = logdir
-        self.stats: dict[str, list] = {
-            "step": [],
-            "mean_return": [],
-            "std_return": [],
-            "mean_length": [],
-            "returns": [],
-            "lengths": [],
-        }
+        self.stats: dict[str, list] = {k: [] for k in self.KEYS}
+
+    def load(self, up_to_step: int) -> None:
+        """Continue a resumed run's history, without evaluations made after its checkpoint."""
+        path = self.logdir / "eval_stats.json"
+        if path.exists():
+            stats = json.loads(path.read_text())
+            keep = [i for i, step in enumerate(stats["step"]) if step <= up_to_step]
+            self.stats = {k: [v[i] for i in keep] for k, v in stats.items()}
 
     def add(self, step: int, result: EvalResult) -> dict:
         summary = result.summary()
@@ -427,10 +517,78 @@ class EvalHistory:
 # ------------------------------------------------------------------------------------ training
 
 
+class TrainingError(RuntimeError):
+    """The run cannot go on (repeated env crashes, non-finite losses); a checkpoint has been saved."""
+
+
+class StopSignal:
+    """SIGINT / SIGTERM ask the loop to stop at the next env step and save; a second one stops at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.previous = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(f"\n{self.received}: saving a checkpoint and stopping (send it again to stop at once)", file=sys.stderr)
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rng_state(ppo: PPO) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "minibatches": ppo.generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict, ppo: PPO) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    ppo.generator.set_state(state["minibatches"])
+
+
+def to_tensors(tree):
+    """numpy arrays -> tensors, so env state fits a weights_only checkpoint."""
+    if isinstance(tree, dict):
+        return {k: to_tensors(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [to_tensors(v) for v in tree]
+    return torch.from_numpy(tree.copy()) if isinstance(tree, np.ndarray) else tree
+
+
+def to_arrays(tree):
+    if isinstance(tree, dict):
+        return {k: to_arrays(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [to_arrays(v) for v in tree]
+    return tree.numpy() if isinstance(tree, torch.Tensor) else tree
 
 
 def learning_rate(cfg: Config, progress: float) -> float:
@@ -454,12 +612,18 @@ def make_train_env(cfg: Config) -> VecEnv:
         cfg.num_envs,
         cfg.seed,
         cfg.history_length,
+        max_crashes=cfg.max_env_crashes,
         distribution_mode=cfg.distribution_mode,
         start_level=cfg.start_level,
         num_levels=cfg.num_levels,
         episodic_life=cfg.episodic_life,
         repeat_action_probability=cfg.sticky_actions,
     )
+
+
+def make_buffer(cfg: Config, policy: ActorCritic, obs_shape: tuple[int, ...], device: torch.device) -> RolloutBuffer:
+    feature_dim = policy.feature_dim if policy.caches_features else None
+    return RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_shape, device, feature_dim)
 
 
 def collect_rollout(
@@ -469,12 +633,16 @@ def collect_rollout(
     obs: np.ndarray,
     scaler: RewardScaler,
     timing: dict[str, float],
-) -> tuple[np.ndarray, list]:
-    """Fill `buffer` with num_steps steps of every env, starting from `obs`; -> (next obs, episodes)."""
+    should_stop=lambda: False,
+) -> tuple[np.ndarray, list, bool]:
+    """Fill `buffer` with num_steps steps of every env, starting from `obs`.
+    -> (next obs, finished episodes, whether the rollout is complete; not when `should_stop()` cut it)."""
     policy.eval()
     episodes = []
     device = buffer.device
     for t in range(buffer.num_steps):
+        if should_stop():
+            return obs, episodes, False
         tic = time.perf_counter()
         obs_t = torch.as_tensor(obs, device=device)  # (N, K*C, H, W) uint8
         with torch.inference_mode():
@@ -504,12 +672,7 @@ def collect_rollout(
         episodes.extend(result.episodes)
         timing["inference"] += tac - tic + time.perf_counter() - toc
         timing["env"] += toc - tac
-    return obs, episodes
-
-
-def make_buffer(cfg: Config, policy: ActorCritic, obs_shape: tuple[int, ...], device: torch.device) -> RolloutBuffer:
-    feature_dim = policy.feature_dim if policy.caches_features else None
-    return RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_shape, device, feature_dim)
+    return obs, episodes, True
 
 
 def format_duration(seconds: float) -> str:
@@ -517,160 +680,290 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def train(cfg: Config) -> dict:
-    """Run one training; returns the final summary (also written to `summary.json`)."""
-    validate(cfg)
-    logdir = prepare_logdir(cfg)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    (logdir / "config.json").write_text(json.dumps(cfg.public_dict(), indent=2))
-    print(
-        f"pixelppo: {cfg.env} for {cfg.steps:,} steps on {device}, {cfg.num_envs} envs, backbone {cfg.backbone}"
-        f" -> {logdir}"
-    )
+class Trainer:
+    """One run: builds envs, policy and PPO from a Config (or a checkpoint to resume), then `run()`s
+    collect -> GAE -> update -> log -> evaluate -> checkpoint until the step budget is spent."""
 
-    envs = make_train_env(cfg)
-    eval_envs = make_eval_env(cfg.public_dict(), min(cfg.eval_envs, cfg.eval_episodes), cfg.seed)
-    spec = PolicySpec(
-        cfg.backbone, envs.obs_shape, envs.frame_channels, envs.num_actions, cfg.head_hidden, cfg.freeze_backbone
-    )
-    policy = ActorCritic(spec, cfg.pretrained, cfg.pretrained_file).to(device)
-    ppo = PPO(policy, cfg, seed=cfg.seed)
-    buffer = make_buffer(cfg, policy, envs.obs_shape, device)
-    scaler = RewardScaler(reward_mode(cfg), cfg.num_envs, cfg.gamma)
-    logger = RunLogger(cfg, logdir)
-    history = EvalHistory(logdir)
-    episodes = EpisodeLog()
+    def __init__(self, cfg: Config):
+        validate(cfg)
+        self.cfg = cfg
+        resume = load_checkpoint(cfg.resume) if cfg.resume else None
+        self.logdir = prepare_logdir(cfg)
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        atomic_write(self.logdir / "config.json", lambda f: f.write(json.dumps(cfg.public_dict(), indent=2).encode()))
 
-    global_step, best_return, last_eval = 0, -math.inf, None
-    next_eval = cfg.eval_interval
-    timing = {"env": 0.0, "inference": 0.0, "update": 0.0}
-    start = last_print = last_save = time.time()
+        self.envs = make_train_env(cfg)
+        self.eval_envs = make_eval_env(cfg.public_dict(), min(cfg.eval_envs, cfg.eval_episodes), cfg.seed)
+        self.spec = PolicySpec(
+            cfg.backbone,
+            self.envs.obs_shape,
+            self.envs.frame_channels,
+            self.envs.num_actions,
+            cfg.head_hidden,
+            cfg.freeze_backbone,
+        )
+        pretrained = cfg.pretrained and resume is None  # a resumed run's weights come from its checkpoint
+        self.policy = ActorCritic(self.spec, pretrained, cfg.pretrained_file if pretrained else "").to(self.device)
+        self.ppo = PPO(self.policy, cfg, seed=cfg.seed)
+        self.buffer = make_buffer(cfg, self.policy, self.envs.obs_shape, self.device)
+        self.scaler = RewardScaler(reward_mode(cfg), cfg.num_envs, cfg.gamma)
+        self.history = EvalHistory(self.logdir)
+        self.episodes = EpisodeLog()
 
-    def checkpoint(path: Path) -> None:
-        save_checkpoint(
-            path,
-            {
-                "config": cfg.public_dict(),
-                "policy_spec": spec.to_dict(),
-                "model": policy.state_dict(),
-                "optimizer": ppo.optimizer.state_dict(),
-                "global_step": global_step,
-                "best_eval_return": best_return,
-                "eval_return": last_eval,
+        self.global_step = self.update = self.bad_updates = 0
+        self.best_return, self.last_eval = -math.inf, None
+        self.next_eval = cfg.eval_interval
+        self.timing = {"env": 0.0, "inference": 0.0, "update": 0.0}
+        self.elapsed_before = 0.0  # seconds spent by the run before this process (resume)
+        self.obs = self.restore(resume) if resume else self.envs.reset()
+        self.logger = RunLogger(cfg, self.logdir, resume["resume"]["wandb_id"] if resume else None)
+
+    # ---------------------------------------------------------------------------- checkpoints
+
+    def checkpoint_payload(self, with_env_state: bool = True) -> dict:
+        env_state = self.envs.get_state() if with_env_state else None
+        return {
+            "config": self.cfg.public_dict(),
+            "policy_spec": self.spec.to_dict(),
+            "model": self.policy.state_dict(),
+            "optimizer": self.ppo.optimizer.state_dict(),
+            "global_step": self.global_step,
+            "best_eval_return": self.best_return,
+            "eval_return": self.last_eval,
+            "resume": {
+                "update": self.update,
+                "next_eval": self.next_eval,
+                "bad_updates": self.bad_updates,
+                "timing": self.timing,
+                "elapsed": self.elapsed(),
+                "rng": rng_state(self.ppo),
+                "reward_scaler": self.scaler.state_dict(),
+                "episodes": self.episodes.state_dict(),
+                "obs": torch.from_numpy(self.obs.copy()),
+                "env_state": to_tensors(env_state),
+                "wandb_id": self.logger.wandb_id if hasattr(self, "logger") else None,
             },
+        }
+
+    def save(self, name: str, with_env_state: bool = True) -> bool:
+        """Write a checkpoint atomically; a failed write (disk full...) keeps the previous file and is
+        reported, never fatal."""
+        path = self.logdir / name
+        try:
+            save_checkpoint(path, self.checkpoint_payload(with_env_state))
+            return True
+        except OSError as e:
+            warnings.warn(f"could not write {path} ({e.strerror or e}); the previous file is intact", stacklevel=2)
+            return False
+
+    def restore(self, payload: dict) -> np.ndarray:
+        """Continue from a checkpoint: weights, optimizer, counters, RNGs, reward statistics, game state.
+        -> the obs to continue from."""
+        try:
+            self.policy.load_state_dict(payload["model"])
+            self.ppo.optimizer.load_state_dict(payload["optimizer"])
+            state = payload["resume"]
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{self.cfg.resume} cannot be resumed: {str(e).splitlines()[0][:200]}") from e
+        self.global_step, self.update = payload["global_step"], state["update"]
+        self.best_return, self.last_eval = payload["best_eval_return"], payload["eval_return"]
+        self.next_eval, self.bad_updates = state["next_eval"], state["bad_updates"]
+        self.timing, self.elapsed_before = dict(state["timing"]), state["elapsed"]
+        set_rng_state(state["rng"], self.ppo)
+        self.scaler.load_state_dict(state["reward_scaler"])
+        self.episodes.load_state_dict(state["episodes"])
+        self.history.load(self.global_step)
+        truncate_metrics(self.logdir / "metrics.jsonl", self.global_step)
+        print(f"resuming {self.logdir} at step {self.global_step:,}")
+        if state["env_state"] is None:
+            warnings.warn(f"{self.cfg.env} game state cannot be saved: the resumed run starts new games", stacklevel=2)
+            return self.envs.reset()
+        return self.envs.set_state(to_arrays(state["env_state"]))
+
+    # ---------------------------------------------------------------------------------- loop
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.start
+
+    def run(self) -> dict:
+        """Train until --steps (or --stop-after, or a signal); -> summary, also in `summary.json`."""
+        cfg = self.cfg
+        print(
+            f"pixelppo: {cfg.env} for {cfg.steps:,} steps on {self.device}, {cfg.num_envs} envs, "
+            f"backbone {cfg.backbone} -> {self.logdir}"
+        )
+        self.start = last_print = last_save = time.time()
+        steps_at_start = self.global_step
+        stop_reason = None
+        try:
+            with StopSignal() as stop:
+                while self.update < cfg.num_updates:
+                    if not self.train_one_update(stop):
+                        stop_reason = stop.received
+                        break
+                    self.maybe_evaluate()
+                    if time.time() - last_save > cfg.save_interval * 60:
+                        self.save("last.pth")
+                        last_save = time.time()
+                    if time.time() - last_print > 5 or self.update in (1, cfg.num_updates):
+                        last_print = time.time()
+                        self.print_progress(steps_at_start)
+                    if cfg.stop_after and self.global_step >= cfg.stop_after and self.update < cfg.num_updates:
+                        stop_reason = f"--stop-after {cfg.stop_after:,}"
+                        break
+            self.save("last.pth")
+        except (EnvCrashError, TrainingError) as e:
+            saved = self.save("last.pth", with_env_state=False)
+            raise TrainingError(f"{e}; {'saved' if saved else 'could not save'} {self.logdir / 'last.pth'}") from e
+        except KeyboardInterrupt:
+            print(f"stopped at once at step {self.global_step:,}; last.pth is from the last save", file=sys.stderr)
+            raise
+        finally:
+            self.close()
+        if stop_reason:
+            print(f"stopped ({stop_reason}) at step {self.global_step:,}; continue with --resume {self.logdir}")
+        return self.write_summary(stop_reason)
+
+    def train_one_update(self, stop: StopSignal) -> bool:
+        """Collect one rollout and run PPO on it; False when a stop signal cut the rollout (it is dropped)."""
+        cfg = self.cfg
+        lr = learning_rate(cfg, self.update / cfg.num_updates)
+        self.ppo.set_lr(lr)
+        self.obs, finished, complete = collect_rollout(
+            self.envs, self.policy, self.buffer, self.obs, self.scaler, self.timing, stop
+        )
+        self.episodes.add(finished)
+        if not complete:
+            return False
+
+        tic = time.perf_counter()
+        with torch.inference_mode():
+            last_values = self.policy.value(torch.as_tensor(self.obs, device=self.device))
+        self.buffer.compute_advantages(last_values, cfg.gamma, cfg.gae_lambda)
+        stats = self.ppo.update(self.buffer)
+        self.timing["update"] += time.perf_counter() - tic
+        self.global_step += cfg.batch_size
+        self.update += 1
+        self.check_finite(stats)
+
+        metrics = (
+            {f"losses/{k}": v for k, v in stats.items()}
+            | {"charts/learning_rate": lr, "charts/episodes": self.episodes.count}
+            | {"perf/sps": self.global_step / max(self.elapsed(), 1e-9)}
+            | {f"perf/{k}_seconds": v for k, v in self.timing.items()}
+            | self.episodes.crafter_metrics()
+        )
+        if finished:
+            metrics["charts/episode_return"] = float(np.mean([e.ret for e in finished]))
+            metrics["charts/episode_length"] = float(np.mean([e.length for e in finished]))
+        self.logger.log(self.global_step, metrics)
+        return True
+
+    def check_finite(self, stats: dict) -> None:
+        """Updates skip non-finite minibatches (the weights stay as they were); stop when whole updates
+        keep failing."""
+        if stats["skipped_minibatches"]:
+            warnings.warn(
+                f"update {self.update}: skipped {stats['skipped_minibatches']} of {stats['minibatches']} "
+                "minibatches with a non-finite loss or gradient",
+                stacklevel=2,
+            )
+        all_bad = stats["skipped_minibatches"] == stats["minibatches"]
+        self.bad_updates = self.bad_updates + 1 if all_bad else 0
+        if self.bad_updates >= self.cfg.max_bad_updates:
+            raise TrainingError(
+                f"{self.bad_updates} consecutive updates had only non-finite losses; stopped with the last good weights"
+            )
+
+    def maybe_evaluate(self) -> None:
+        """Evaluate every --eval-interval steps and at the end; keep best_model.pth on improvement."""
+        cfg = self.cfg
+        if self.global_step < self.next_eval and self.update < cfg.num_updates:
+            return
+        while self.next_eval <= self.global_step:
+            self.next_eval += cfg.eval_interval
+        result = run_episodes(self.policy, self.eval_envs, cfg.eval_episodes, self.device, seed=cfg.seed)
+        summary = self.history.add(self.global_step, result)
+        self.last_eval = summary["mean_return"]
+        improved = self.last_eval > self.best_return
+        if improved:
+            self.best_return = self.last_eval
+            self.save("best_model.pth")
+        metrics = {
+            "eval/mean_return": self.last_eval,
+            "eval/std_return": summary["std_return"],
+            "eval/mean_length": summary["mean_length"],
+            "eval/best_return": self.best_return,
+        }
+        if "crafter_score" in summary:
+            metrics["eval/crafter_score"] = summary["crafter_score"]
+        self.logger.log(self.global_step, metrics)
+        print(
+            f"eval @ {self.global_step:,}: return {self.last_eval:.2f} +- {summary['std_return']:.2f} over "
+            f"{len(result.returns)} episodes{' (new best, saved best_model.pth)' if improved else ''}"
+        )
+        self.save("last.pth")
+
+    def print_progress(self, steps_at_start: int) -> None:
+        cfg = self.cfg
+        session = max(time.time() - self.start, 1e-9)
+        sps = (self.global_step - steps_at_start) / session
+        recent = self.episodes.recent_returns
+        ret = f"{np.mean(recent):.2f} ({len(recent)} eps)" if recent else "n/a"
+        eta = (cfg.num_updates * cfg.batch_size - self.global_step) / max(sps, 1e-9)
+        print(
+            f"step {self.global_step:,}/{cfg.steps:,} ({100 * self.global_step / cfg.steps:.0f}%) | "
+            f"{sps:.0f} sps | return {ret} | best eval {self.best_return:.2f} | eta {format_duration(eta)}",
+            flush=True,
         )
 
-    try:
-        obs = envs.reset()
-        for update in range(1, cfg.num_updates + 1):
-            lr = learning_rate(cfg, (update - 1) / cfg.num_updates)
-            ppo.set_lr(lr)
-            obs, finished = collect_rollout(envs, policy, buffer, obs, scaler, timing)
-            global_step += cfg.batch_size
-            episodes.add(finished)
-
-            tic = time.perf_counter()
-            with torch.inference_mode():
-                last_values = policy.value(torch.as_tensor(obs, device=device))
-            buffer.compute_advantages(last_values, cfg.gamma, cfg.gae_lambda)
-            stats = ppo.update(buffer)
-            timing["update"] += time.perf_counter() - tic
-
-            elapsed = time.time() - start
-            metrics = (
-                {f"losses/{k}": v for k, v in stats.items()}
-                | {
-                    "charts/learning_rate": lr,
-                    "charts/episodes": episodes.count,
-                    "perf/sps": global_step / elapsed,
-                }
-                | {f"perf/{k}_seconds": v for k, v in timing.items()}
-                | episodes.crafter_metrics()
+    def write_summary(self, stop_reason: str | None) -> dict:
+        summary = {
+            "global_step": self.global_step,
+            "finished": stop_reason is None,
+            "stopped_by": stop_reason,
+            "best_eval_return": self.best_return,
+            "last_eval_return": self.last_eval,
+            "sps": self.global_step / max(self.elapsed(), 1e-9),
+            "seconds": self.elapsed(),
+            "time_split_seconds": self.timing,
+            "train_episodes": self.episodes.count,
+        } | self.episodes.crafter_metrics()
+        atomic_write(self.logdir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+        if stop_reason is None:
+            print(
+                f"done: {self.global_step:,} steps at {summary['sps']:.0f} sps; best eval return "
+                f"{self.best_return:.2f}; checkpoints in {self.logdir}"
             )
-            if finished:
-                metrics |= {
-                    "charts/episode_return": float(np.mean([e.ret for e in finished])),
-                    "charts/episode_length": float(np.mean([e.length for e in finished])),
-                }
-            logger.log(global_step, metrics)
+        return summary
 
-            if global_step >= next_eval or update == cfg.num_updates:
-                result = run_episodes(policy, eval_envs, cfg.eval_episodes, device)
-                summary = history.add(global_step, result)
-                last_eval = summary["mean_return"]
-                improved = last_eval > best_return
-                if improved:
-                    best_return = last_eval
-                    checkpoint(logdir / "best_model.pth")
-                eval_metrics = {
-                    "eval/mean_return": last_eval,
-                    "eval/std_return": summary["std_return"],
-                    "eval/mean_length": summary["mean_length"],
-                    "eval/best_return": best_return,
-                }
-                if "crafter_score" in summary:
-                    eval_metrics["eval/crafter_score"] = summary["crafter_score"]
-                logger.log(global_step, eval_metrics)
-                print(
-                    f"eval @ {global_step:,}: return {last_eval:.2f} +- {summary['std_return']:.2f} over "
-                    f"{len(result.returns)} episodes{' (new best, saved best_model.pth)' if improved else ''}"
-                )
-                checkpoint(logdir / "last.pth")
-                last_save = time.time()
-                while next_eval <= global_step:
-                    next_eval += cfg.eval_interval
-            elif time.time() - last_save > cfg.save_interval * 60:
-                checkpoint(logdir / "last.pth")
-                last_save = time.time()
+    def close(self) -> None:
+        self.envs.close()
+        self.eval_envs.close()
+        self.logger.close()
 
-            if time.time() - last_print > 5 or update in (1, cfg.num_updates):
-                last_print = time.time()
-                recent = episodes.recent_returns
-                ret = f"{np.mean(recent):.2f} ({len(recent)} eps)" if recent else "n/a"
-                eta = elapsed / global_step * (cfg.num_updates * cfg.batch_size - global_step)
-                print(
-                    f"step {global_step:,}/{cfg.steps:,} ({100 * global_step / cfg.steps:.0f}%) | "
-                    f"{global_step / elapsed:.0f} sps | return {ret} | best eval {best_return:.2f} | "
-                    f"eta {format_duration(eta)}",
-                    flush=True,
-                )
-    except KeyboardInterrupt:
-        checkpoint(logdir / "last.pth")
-        print(f"interrupted at step {global_step:,}; saved {logdir / 'last.pth'}", file=sys.stderr)
-        raise
-    finally:
-        envs.close()
-        eval_envs.close()
-        logger.close()
 
-    summary = {
-        "global_step": global_step,
-        "best_eval_return": best_return,
-        "last_eval_return": last_eval,
-        "sps": global_step / (time.time() - start),
-        "seconds": time.time() - start,
-        "time_split_seconds": timing,
-        "train_episodes": episodes.count,
-    } | episodes.crafter_metrics()
-    (logdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(
-        f"done: {global_step:,} steps at {summary['sps']:.0f} sps; best eval return {best_return:.2f}; "
-        f"checkpoints in {logdir}"
-    )
-    return summary
+def train(cfg: Config) -> dict:
+    """Run one training (or continue one with cfg.resume); -> the final summary."""
+    return Trainer(cfg).run()
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     try:
         cfg = config_from_args(argv)
-        train(cfg)
+        summary = train(cfg)
     except UsageError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
+    except (TrainingError, EnvCrashError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    stopped_by = summary["stopped_by"] or ""
+    return 128 + signal.Signals[stopped_by] if stopped_by.startswith("SIG") else 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def train_on_grid(cfg: Config, seed: int = 0) -> float:
     obs = envs.reset()
     for update in range(cfg.num_updates):
         ppo.set_lr(learning_rate(cfg, update / cfg.num_updates))
-        obs, _ = collect_rollout(envs, policy, buffer, obs, scaler, timing)
+        obs, _, _ = collect_rollout(envs, policy, buffer, obs, scaler, timing)
         with torch.no_grad():
             last_values = policy.value(torch.as_tensor(obs))
         buffer.compute_advantages(last_values, cfg.gamma, cfg.gae_lambda)
