@@ -201,8 +201,8 @@ class VecEnv(ABC):
     def step(self, actions: np.ndarray) -> StepResult: ...
 
     @abstractmethod
-    def render(self) -> np.ndarray:
-        """RGB frames (N, H, W, 3) uint8 of the current state, for videos."""
+    def render(self, index: int = 0) -> np.ndarray:
+        """RGB frame (H, W, 3) uint8 of env `index`'s current state, for videos."""
 
     def get_state(self) -> dict | None:
         """Everything needed to continue these exact episodes later (None: this family can't)."""
@@ -245,6 +245,9 @@ class CrafterUnpickler(pickle.Unpickler):
         if allowed or module in ("crafter.env", "crafter.engine", "crafter.objects"):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a Crafter env state")
+
+
+CRAFTER_VIDEO_SIZE = (256, 256)  # crafter draws its view at any size: videos get a sharp 256x256
 
 
 class InsertionOrderedSet(dict):
@@ -318,7 +321,7 @@ def _crafter_worker(conn, seeds: list[int], env_fn) -> None:
                 elif cmd == "step":
                     reply = _crafter_step(envs, data)
                 elif cmd == "render":
-                    reply = np.stack([e.render() for e in envs])
+                    reply = envs[data].render(CRAFTER_VIDEO_SIZE)
                 elif cmd == "get_state":
                     reply = pickle.dumps(envs, protocol=pickle.HIGHEST_PROTOCOL)
                 elif cmd == "set_state":
@@ -434,8 +437,9 @@ class CrafterVecEnv(VecEnv):
         self.tracker.discard(crashed)
         return StepResult(self.frames.stack.copy(), rewards, terminated, truncated, final_obs, episodes)
 
-    def render(self) -> np.ndarray:
-        return np.concatenate([self._call(w, "render") for w in range(len(self.conns))])
+    def render(self, index: int = 0) -> np.ndarray:
+        w = next(w for w, idx in enumerate(self.slices) if index in idx)
+        return self._call(w, "render", int(index - self.slices[w][0]))
 
     def get_state(self) -> dict:
         worlds = [self._call(w, "get_state") for w in range(len(self.conns))]
@@ -523,8 +527,8 @@ class ProcgenVecEnv(VecEnv):
         episodes = self.tracker.step(rewards, first)
         return StepResult(self.frames.stack.copy(), rewards, first.copy(), np.zeros_like(first), final_obs, episodes)
 
-    def render(self) -> np.ndarray:
-        return np.ascontiguousarray(self.frames.stack[:, -3:].transpose(0, 2, 3, 1))
+    def render(self, index: int = 0) -> np.ndarray:
+        return np.ascontiguousarray(self.frames.stack[index, -3:].transpose(1, 2, 0))
 
     def get_state(self) -> dict:
         return {"games": list(self.env.get_state()), "frames": self.frames.stack.copy(), **self.tracker.state_dict()}
@@ -616,8 +620,8 @@ class AtariVecEnv(VecEnv):
         self.last_obs = obs
         return StepResult(obs, rewards, terminated, truncated, final_obs, episodes)
 
-    def render(self) -> np.ndarray:
-        return np.repeat(self.last_obs[:, -1, :, :, None], 3, axis=-1)
+    def render(self, index: int = 0) -> np.ndarray:
+        return np.repeat(self.last_obs[index, -1, :, :, None], 3, axis=-1)
 
     def close(self) -> None:
         self.env.close()

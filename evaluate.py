@@ -1,25 +1,33 @@
-"""Score saved checkpoints: `python evaluate.py logs/run_1/best_model.pth` (or a logdir).
+"""Score saved checkpoints: `python evaluate.py logs/run_1/best_model.pth [more checkpoints or logdirs]`.
 
-The checkpoint alone rebuilds the game and the policy; episodes run on fresh evaluation envs
-(Procgen: unseen levels; Atari: full games with raw rewards).
+Each checkpoint alone rebuilds its game and policy; episodes run on fresh evaluation envs and are
+scored the way each benchmark publishes them: Crafter achievement success rates and score, Procgen
+returns on training and unseen levels with normalized scores, Atari raw full-game returns with the
+human-normalized score.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import pickle
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, atomic_write, load_checkpoint, resolve_checkpoint_path
 from env import EpisodeStats, UsageError, VecEnv, make_vec_env, parse_env_id
 from policy import ActorCritic, PolicySpec
+from scores import atari_human_normalized, crafter_score, procgen_normalized, success_rates
+from visuals import LiveView, plot_value_analysis, write_video
+
+UNSEEN_LEVELS = 1000  # unseen Procgen levels in the final test, as the seed project does
 
 
 @dataclass
@@ -27,6 +35,9 @@ class EvalResult:
     returns: list[float]
     lengths: list[int]
     achievements: list[dict[str, int]] = field(default_factory=list)  # Crafter only
+    frames: np.ndarray | None = None  # (T, H, W, 3) uint8: env 0's first episode, when recorded
+    values: list[np.ndarray] = field(default_factory=list)  # per episode V(s_t), when collected
+    rewards: list[np.ndarray] = field(default_factory=list)  # per episode raw r_t, when collected
 
     @property
     def mean_return(self) -> float:
@@ -46,17 +57,6 @@ class EvalResult:
         return out
 
 
-def success_rates(achievements: list[dict[str, int]]) -> dict[str, float]:
-    """Percent of episodes in which each achievement was unlocked at least once."""
-    names = sorted({name for ep in achievements for name in ep})
-    return {n: 100.0 * float(np.mean([ep.get(n, 0) > 0 for ep in achievements])) for n in names}
-
-
-def crafter_score(rates: dict[str, float]) -> float:
-    """Crafter score: exp(mean_i ln(1 + s_i)) - 1 over achievement success rates s_i in percent."""
-    return math.exp(float(np.mean([math.log(1.0 + s) for s in rates.values()]))) - 1.0
-
-
 def episode_quotas(num_episodes: int, num_envs: int) -> np.ndarray:
     """Episodes each env must finish. Fixed per env, so short episodes are not over-counted."""
     return np.array([num_episodes // num_envs + (i < num_episodes % num_envs) for i in range(num_envs)])
@@ -69,32 +69,78 @@ def run_episodes(
     device: torch.device,
     deterministic: bool = False,
     seed: int = 0,
+    video_frames: int = 0,
+    collect_values: bool = False,
+    on_step: Callable[[int, VecEnv], None] | None = None,
 ) -> EvalResult:
-    """Play `num_episodes` full episodes from a fresh reset and collect their raw returns. Actions are
-    sampled from a generator seeded with `seed`, so evaluation never moves the training RNG."""
+    """Play `num_episodes` full episodes from a fresh reset and collect their raw returns.
+
+    Actions are sampled from a generator seeded with `seed`, so evaluation never moves the training RNG.
+    `video_frames` > 0 records env 0's first episode (at most that many frames); `collect_values` keeps
+    V(s_t) and r_t of every counted episode; `on_step(finished_episodes, envs)` is called after each step.
+    """
     generator = torch.Generator(device=device).manual_seed(seed)
     quotas = episode_quotas(num_episodes, envs.num_envs)
     done = np.zeros(envs.num_envs, dtype=np.int64)
     finished: list[EpisodeStats] = []
+    values, rewards = [[] for _ in range(envs.num_envs)], [[] for _ in range(envs.num_envs)]
+    result = EvalResult([], [])
+    frames = []
     was_training = policy.training
     policy.eval()
     obs = envs.reset()
+    if video_frames:
+        frames.append(envs.render(0))
     while (done < quotas).any():
         with torch.inference_mode():
-            action = policy.act(torch.as_tensor(obs, device=device), deterministic, generator).action
-        result = envs.step(action.cpu().numpy())
-        for ep in result.episodes:
-            if done[ep.env_index] < quotas[ep.env_index]:
-                done[ep.env_index] += 1
+            act = policy.act(torch.as_tensor(obs, device=device), deterministic, generator)
+        step = envs.step(act.action.cpu().numpy())
+        if collect_values:
+            for i in range(envs.num_envs):
+                values[i].append(float(act.value[i]))
+                rewards[i].append(float(step.rewards[i]))
+        ended_env0 = (step.terminated[0] or step.truncated[0]) and any(ep.env_index == 0 for ep in step.episodes)
+        if video_frames and result.frames is None:
+            if ended_env0 or len(frames) >= video_frames:
+                result.frames = np.stack(frames)
+            else:
+                frames.append(envs.render(0))
+        for ep in step.episodes:
+            i = ep.env_index
+            if done[i] < quotas[i]:
+                done[i] += 1
                 finished.append(ep)
-        obs = result.obs
+                if collect_values:
+                    result.values.append(np.array(values[i][-ep.length :]))
+                    result.rewards.append(np.array(rewards[i][-ep.length :]))
+            values[i], rewards[i] = [], []
+        obs = step.obs
+        if on_step is not None:
+            on_step(len(finished), envs)
     policy.train(was_training)
-    achievements = [ep.achievements for ep in finished if ep.achievements is not None]
-    return EvalResult([ep.ret for ep in finished], [ep.length for ep in finished], achievements)
+    if video_frames and result.frames is None:
+        result.frames = np.stack(frames)
+    result.returns = [ep.ret for ep in finished]
+    result.lengths = [ep.length for ep in finished]
+    result.achievements = [ep.achievements for ep in finished if ep.achievements is not None]
+    return result
 
 
-def make_eval_env(config: dict, num_envs: int, seed: int) -> VecEnv:
-    """Evaluation envs for the game and settings a run was trained with (a checkpoint's config)."""
+# ------------------------------------------------------------------------------ checkpoints to games
+
+
+def unseen_levels(config: dict) -> tuple[int, int]:
+    """Procgen levels never trained on: the block right after the training range (the full level
+    distribution when training used unlimited levels)."""
+    if config["num_levels"] == 0:
+        return 0, 0
+    return config["start_level"] + config["num_levels"], UNSEEN_LEVELS
+
+
+def make_eval_env(config: dict, num_envs: int, seed: int, levels: tuple[int, int] | None = None) -> VecEnv:
+    """Evaluation envs for the game and settings a run was trained with (a checkpoint's config);
+    Procgen plays `levels` (start, count), unseen levels by default."""
+    start, count = levels if levels is not None else unseen_levels(config)
     return make_vec_env(
         config["env"],
         num_envs,
@@ -102,10 +148,29 @@ def make_eval_env(config: dict, num_envs: int, seed: int) -> VecEnv:
         config["history_length"],
         evaluation=True,
         distribution_mode=config["distribution_mode"],
-        start_level=config["start_level"],
-        num_levels=config["num_levels"],
+        start_level=start,
+        num_levels=count,
         repeat_action_probability=config["sticky_actions"],
     )
+
+
+def level_sets(config: dict, levels: str) -> dict[str, tuple[int, int] | None]:
+    """The level sets to score: Procgen's training levels and unseen levels; one set elsewhere."""
+    if parse_env_id(config["env"]).family != "procgen":
+        return {"eval": None}
+    return {"train": (config["start_level"], config["num_levels"]), "test": parse_levels(levels, config)}
+
+
+def parse_levels(text: str, config: dict) -> tuple[int, int]:
+    if not text:
+        return unseen_levels(config)
+    try:
+        start, count = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise UsageError(f"--levels {text!r}: expected START:COUNT, e.g. 200:1000") from None
+    if start < 0 or count < 0:
+        raise UsageError("--levels START:COUNT must be >= 0")
+    return start, count
 
 
 def load_policy(payload: dict, device: torch.device) -> ActorCritic:
@@ -118,25 +183,81 @@ def load_policy(payload: dict, device: torch.device) -> ActorCritic:
     return policy
 
 
-def format_summary(name: str, summary: dict) -> str:
-    lines = [
-        f"{name}: {summary['episodes']} episodes  return {summary['mean_return']:.2f} +- {summary['std_return']:.2f}"
-        f"  length {summary['mean_length']:.1f} +- {summary['std_length']:.1f}"
-    ]
-    if "crafter_score" in summary:
-        lines.append(f"  crafter score {summary['crafter_score']:.2f}%")
-        lines += [f"  {k:<22} {v:6.1f}%" for k, v in summary["success_rates"].items()]
-    return "\n".join(lines)
+def check_game_matches(policy: ActorCritic, envs: VecEnv, path: Path) -> None:
+    spec = policy.spec
+    if (spec.num_actions, tuple(spec.obs_shape)) != (envs.num_actions, tuple(envs.obs_shape)):
+        raise CheckpointError(
+            f"{path} holds a policy for {spec.num_actions} actions and observations {tuple(spec.obs_shape)}, but "
+            f"its game gives {envs.num_actions} and {tuple(envs.obs_shape)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------- scoring
+
+
+def training_reward_transform(payload: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """The reward transform the value function was trained on (sign clipping, return normalization)."""
+    config = payload["config"]
+    mode = config["reward_scaling"]
+    if mode == "auto":
+        mode = {"atari": "sign", "procgen": "normalize"}.get(parse_env_id(config["env"]).family, "none")
+    if mode == "sign":
+        return np.sign
+    if mode == "normalize":
+        var = payload.get("resume", {}).get("reward_scaler", {}).get("stats", {}).get("var", 1.0)
+        return lambda r: np.clip(r / np.sqrt(var + 1e-8), -10.0, 10.0)
+    return lambda r: r
+
+
+def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = r_t + gamma * G_{t+1}, G = 0 after the episode's last step."""
+    out = np.zeros(len(rewards))
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
+
+
+def value_analysis(result: EvalResult, payload: dict) -> tuple[list[np.ndarray], float]:
+    """Realized discounted returns of the played episodes (in training reward units) and the explained
+    variance of the predicted values."""
+    transform, gamma = training_reward_transform(payload), payload["config"]["gamma"]
+    returns = [discounted_returns(transform(r), gamma) for r in result.rewards]
+    g, v = np.concatenate(returns), np.concatenate(result.values)
+    ev = float("nan") if np.var(g) == 0 else float(1 - np.var(g - v) / np.var(g))
+    return returns, ev
+
+
+def score(summary: dict, config: dict) -> dict:
+    """Add the benchmark's normalized score to a summary."""
+    spec = parse_env_id(config["env"])
+    if spec.family == "procgen":
+        summary["normalized_return"] = procgen_normalized(
+            spec.game, config["distribution_mode"], summary["mean_return"]
+        )
+    elif spec.family == "atari":
+        summary["human_normalized"] = atari_human_normalized(spec.game, summary["mean_return"])
+    return summary
+
+
+# -------------------------------------------------------------------------------------------- CLI
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a .pth checkpoint or a logdir (uses its best_model.pth)")
-    p.add_argument("--episodes", type=int, default=20, help="episodes to play (default 20)")
+    p.add_argument("checkpoints", nargs="+", help=".pth checkpoints or logdirs (a logdir means its best_model.pth)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per checkpoint and level set (default 20)")
     p.add_argument("--num-envs", type=int, default=8, help="parallel eval envs (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the eval envs (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the eval envs and sampled actions (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--deterministic", action="store_true", help="argmax actions instead of sampling")
+    p.add_argument("--levels", default="", help="Procgen unseen levels as START:COUNT (default: 1000 after training)")
+    p.add_argument("--record", action="store_true", help="write a video of one episode per checkpoint and set")
+    p.add_argument("--video-frames", type=int, default=3000, help="longest recorded video in frames (default 3000)")
+    p.add_argument("--render", action="store_true", help="show env 0 in a window while playing (needs a display)")
+    p.add_argument("--analyze-value", action="store_true", help="plot predicted value against realized return")
+    p.add_argument("--out", default="", help="output folder (default: <logdir of the first checkpoint>/evaluation)")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)
 
@@ -152,35 +273,130 @@ def resolve_device(name: str) -> torch.device:
         raise UsageError(f"unknown --device {name!r}") from e
 
 
+def progress_bar(total: int, desc: str):
+    """A tqdm bar on an interactive terminal; silent in logs."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ep", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+
+
+def evaluate_checkpoint(path: Path, args: argparse.Namespace, device: torch.device, out: Path, viewer) -> list[dict]:
+    """Score one checkpoint on each of its level sets; -> one row per set."""
+    payload = load_checkpoint(path, map_location=device)
+    config = payload["config"]
+    parse_env_id(config["env"])
+    policy = load_policy(payload, device)
+    rows = []
+    for set_name, levels in level_sets(config, args.levels).items():
+        with make_eval_env(config, min(args.num_envs, args.episodes), args.seed, levels) as envs:
+            check_game_matches(policy, envs, path)
+            start = time.time()
+            with progress_bar(args.episodes, f"{path.name} {set_name}") as bar:
+
+                def on_step(n_finished: int, envs: VecEnv) -> None:
+                    bar.update(n_finished - bar.n)
+                    if viewer is not None:
+                        viewer.show(envs.render(0))
+
+                result = run_episodes(
+                    policy,
+                    envs,
+                    args.episodes,
+                    device,
+                    args.deterministic,
+                    args.seed,
+                    args.video_frames if args.record else 0,
+                    args.analyze_value,
+                    on_step,
+                )
+        row = score(result.summary(), config) | {
+            "checkpoint": str(path),
+            "env": config["env"],
+            "global_step": payload["global_step"],
+            "set": set_name,
+            "levels": list(levels) if levels else None,
+            "returns": result.returns,
+            "lengths": result.lengths,
+            "deterministic": args.deterministic,
+            "seconds": round(time.time() - start, 1),
+        }
+        stem = f"{path.parent.name}_{path.stem}_{set_name}"
+        if args.record:
+            row["video"] = str(write_video(result.frames, out / f"{stem}.mp4"))
+        if args.analyze_value:
+            returns, ev = value_analysis(result, payload)
+            row["value_explained_variance"] = ev
+            row["value_plot"] = str(
+                plot_value_analysis(
+                    result.values,
+                    returns,
+                    ev,
+                    out / f"{stem}_value.png",
+                    f"{config['env']} @ {payload['global_step']:,}",
+                )
+            )
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """One line per checkpoint and level set; Crafter rows are followed by their achievement rates."""
+    header = f"{'checkpoint':<40} {'step':>11} {'set':<6} {'eps':>4} {'return':>17} {'length':>9} {'normalized':>10}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        norm = r.get("normalized_return", r.get("human_normalized"))
+        ret = f"{r['mean_return']:.2f} +- {r['std_return']:.2f}"
+        lines.append(
+            f"{r['checkpoint'][-40:]:<40} {r['global_step']:>11,} {r['set']:<6} {r['episodes']:>4} {ret:>17} "
+            f"{r['mean_length']:>9.1f} {'' if norm is None else f'{norm:.3f}':>10}"
+        )
+        if "crafter_score" in r:
+            lines.append(f"  crafter score {r['crafter_score']:.2f}%   success rates:")
+            lines += [f"    {k:<22} {v:6.1f}%" for k, v in r["success_rates"].items()]
+    by_checkpoint: dict[str, dict] = {}
+    for r in rows:
+        by_checkpoint.setdefault(r["checkpoint"], {})[r["set"]] = r["mean_return"]
+    for name, sets in by_checkpoint.items():
+        if "train" in sets and "test" in sets:
+            lines.append(f"generalization gap (train - test) of {name}: {sets['train'] - sets['test']:.2f}")
+    return "\n".join(lines)
+
+
+def write_results(rows: list[dict], out: Path) -> None:
+    """results.json and the seed's eval_stats.pkl (a dict of lists, one entry per checkpoint and set)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "results.json", lambda f: f.write(json.dumps(rows, indent=2).encode()))
+    keys = ("checkpoint", "global_step", "set", "mean_return", "std_return", "mean_length", "returns", "lengths")
+    stats = {k: [r[k] for r in rows] for k in keys}
+    for extra in ("crafter_score", "success_rates", "normalized_return", "human_normalized"):
+        if any(extra in r for r in rows):
+            stats[extra] = [r.get(extra) for r in rows]
+    atomic_write(out / "eval_stats.pkl", lambda f: pickle.dump(stats, f))
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     args = parse_args(argv)
+    viewer = None
     try:
-        if args.episodes < 1 or args.num_envs < 1:
-            raise UsageError("--episodes and --num-envs must be at least 1")
+        if args.episodes < 1 or args.num_envs < 1 or args.video_frames < 1:
+            raise UsageError("--episodes, --num-envs and --video-frames must be at least 1")
         device = resolve_device(args.device)
-        payload = load_checkpoint(args.checkpoint, map_location=device)
-        config = payload["config"]
-        parse_env_id(config["env"])
-        policy = load_policy(payload, device)
-        envs = make_eval_env(config, min(args.num_envs, args.episodes), args.seed)
+        paths = [resolve_checkpoint_path(p) for p in args.checkpoints]
+        out = Path(args.out) if args.out else paths[0].parent / "evaluation"
+        viewer = LiveView("pixelppo") if args.render else None
+        rows = [row for path in paths for row in evaluate_checkpoint(path, args, device, out, viewer)]
     except UsageError as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
-    start = time.time()
-    with envs:
-        result = run_episodes(policy, envs, args.episodes, device, args.deterministic)
-    summary = result.summary() | {
-        "checkpoint": str(args.checkpoint),
-        "env": config["env"],
-        "global_step": payload["global_step"],
-        "deterministic": args.deterministic,
-        "seconds": round(time.time() - start, 1),
-    }
-    print(format_summary(f"{config['env']} @ step {payload['global_step']:,}", summary))
+    finally:
+        if viewer is not None:
+            viewer.close()
+    print(format_table(rows))
+    write_results(rows, out)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+        Path(args.json).write_text(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
+    print(f"results in {out}")
     return 0
 
 

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 import warnings
@@ -33,8 +34,10 @@ from agent import PPO
 from buffer import RewardScaler, RolloutBuffer
 from checkpoint import CheckpointError, atomic_write, load_checkpoint, resolve_checkpoint_path, save_checkpoint
 from env import EnvCrashError, UsageError, VecEnv, make_vec_env, parse_env_id
-from evaluate import EvalResult, crafter_score, make_eval_env, resolve_device, run_episodes
+from evaluate import EvalResult, make_eval_env, resolve_device, run_episodes
 from policy import ActorCritic, PolicySpec
+from scores import crafter_score
+from visuals import plot_learning_curve, write_video
 
 
 def arg(default, help: str, **kwargs):
@@ -101,6 +104,10 @@ class Config:
     episodic_life: bool = arg(True, "Atari: a lost life ends the training episode (never in evaluation)")
     sticky_actions: float = arg(0.0, "Atari: repeat-action probability (0.25 is the v5 protocol)")
     # logging
+    eval_video: bool = arg(True, "record one evaluation episode as a video (logdir/videos and wandb)")
+    video_every: int = arg(1, "record the video at every this many-th evaluation")
+    video_frames: int = arg(500, "longest evaluation video in frames")
+    progress_interval: float = arg(30.0, "seconds between progress lines when not on a terminal")
     wandb_mode: str = arg(
         "auto",
         "auto: online with a key or login, else offline in the logdir",
@@ -207,7 +214,8 @@ PRESETS: dict[str, dict] = {
 # Flags that may differ from the checkpoint's config when resuming; everything else is the run's own.
 RESUME_OVERRIDES = {
     "resume", "steps", "stop_after", "device", "save_interval", "max_env_crashes", "max_bad_updates",
-    "wandb_mode", "wandb_project", "wandb_entity", "wandb_key", "overwrite",
+    "wandb_mode", "wandb_project", "wandb_entity", "wandb_key", "overwrite", "eval_video", "video_every",
+    "video_frames", "progress_interval",
 }  # fmt: skip
 
 
@@ -284,6 +292,7 @@ def validate(cfg: Config) -> None:
         (cfg.save_interval > 0, "--save-interval must be positive"),
         (cfg.stop_after >= 0 and cfg.max_env_crashes >= 0, "--stop-after and --max-env-crashes must be >= 0"),
         (cfg.max_bad_updates >= 1, "--max-bad-updates must be at least 1"),
+        (cfg.video_every >= 1 and cfg.video_frames >= 1, "--video-every and --video-frames must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -351,14 +360,23 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-        self.metrics_file.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
-        self.metrics_file.flush()
+        local = {k: v for k, v in clean.items() if isinstance(v, int | float | str | None)}
+        if local:
+            self.metrics_file.write(json.dumps({"step": step, "time": round(time.time(), 3), **local}) + "\n")
+            self.metrics_file.flush()
         if self.wandb is not None:
             try:
                 self.wandb.log({k: v for k, v in clean.items() if v is not None}, step=step)
             except Exception as e:  # a logging service must never end training
                 warnings.warn(f"wandb logging failed ({e}); continuing with local metrics only", stacklevel=2)
                 self.wandb = None
+
+    def log_video(self, step: int, path: Path) -> None:
+        """Upload a video file to wandb (the file itself stays in the logdir)."""
+        if self.wandb is not None:
+            import wandb
+
+            self.log(step, {"eval/video": wandb.Video(str(path), format=path.suffix[1:])})
 
     def close(self) -> None:
         self.metrics_file.close()
@@ -419,7 +437,7 @@ def init_wandb(cfg: Config, logdir: Path, run_id: str | None = None):
         entity=cfg.wandb_entity or None,
         name=logdir.name,
         dir=str(logdir),
-        config=cfg.public_dict() | {"hardware": hardware_info()},
+        config=cfg.public_dict() | {"hardware": hardware_info(), "git": git_info()},
         group=cfg.env,
         id=run_id,
         resume="allow" if run_id else None,
@@ -434,6 +452,19 @@ def init_wandb(cfg: Config, logdir: Path, run_id: str | None = None):
         return init_wandb(dataclasses.replace(cfg, wandb_mode="offline"), logdir, run_id)
     print(f"wandb: {mode} run {'at ' + run.url if mode == 'online' else 'in ' + str(logdir / 'wandb')}")
     return run
+
+
+def git_info() -> dict:
+    """Commit of the code that ran, and whether it had uncommitted changes."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {}
 
 
 def hardware_info() -> dict:
@@ -680,6 +711,40 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+class Progress:
+    """A tqdm bar on a terminal; on a pipe (CI logs), one plain line every `interval` seconds."""
+
+    def __init__(self, total: int, initial: int, interval: float):
+        self.total, self.interval, self.last = total, interval, 0.0
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True)
+
+    def update(self, step: int, sps: float, ret: str, best: float, eta: float, force: bool = False) -> None:
+        stats = f"{sps:.0f} sps | return {ret} | best eval {best:.2f}"
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix_str(stats)
+        elif force or time.time() - self.last >= self.interval:
+            self.last = time.time()
+            print(
+                f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%) | {stats} | eta {format_duration(eta)}",
+                flush=True,
+            )
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class Trainer:
     """One run: builds envs, policy and PPO from a Config (or a checkpoint to resume), then `run()`s
     collect -> GAE -> update -> log -> evaluate -> checkpoint until the step budget is spent."""
@@ -711,7 +776,7 @@ class Trainer:
         self.history = EvalHistory(self.logdir)
         self.episodes = EpisodeLog()
 
-        self.global_step = self.update = self.bad_updates = 0
+        self.global_step = self.update = self.bad_updates = self.evaluations = 0
         self.best_return, self.last_eval = -math.inf, None
         self.next_eval = cfg.eval_interval
         self.timing = {"env": 0.0, "inference": 0.0, "update": 0.0}
@@ -735,6 +800,7 @@ class Trainer:
                 "update": self.update,
                 "next_eval": self.next_eval,
                 "bad_updates": self.bad_updates,
+                "evaluations": self.evaluations,
                 "timing": self.timing,
                 "elapsed": self.elapsed(),
                 "rng": rng_state(self.ppo),
@@ -769,6 +835,7 @@ class Trainer:
         self.global_step, self.update = payload["global_step"], state["update"]
         self.best_return, self.last_eval = payload["best_eval_return"], payload["eval_return"]
         self.next_eval, self.bad_updates = state["next_eval"], state["bad_updates"]
+        self.evaluations = state["evaluations"]
         self.timing, self.elapsed_before = dict(state["timing"]), state["elapsed"]
         set_rng_state(state["rng"], self.ppo)
         self.scaler.load_state_dict(state["reward_scaler"])
@@ -793,8 +860,9 @@ class Trainer:
             f"pixelppo: {cfg.env} for {cfg.steps:,} steps on {self.device}, {cfg.num_envs} envs, "
             f"backbone {cfg.backbone} -> {self.logdir}"
         )
-        self.start = last_print = last_save = time.time()
+        self.start = last_save = time.time()
         steps_at_start = self.global_step
+        self.progress = Progress(cfg.num_updates * cfg.batch_size, self.global_step, cfg.progress_interval)
         stop_reason = None
         try:
             with StopSignal() as stop:
@@ -806,9 +874,7 @@ class Trainer:
                     if time.time() - last_save > cfg.save_interval * 60:
                         self.save("last.pth")
                         last_save = time.time()
-                    if time.time() - last_print > 5 or self.update in (1, cfg.num_updates):
-                        last_print = time.time()
-                        self.print_progress(steps_at_start)
+                    self.show_progress(steps_at_start)
                     if cfg.stop_after and self.global_step >= cfg.stop_after and self.update < cfg.num_updates:
                         stop_reason = f"--stop-after {cfg.stop_after:,}"
                         break
@@ -883,7 +949,12 @@ class Trainer:
             return
         while self.next_eval <= self.global_step:
             self.next_eval += cfg.eval_interval
-        result = run_episodes(self.policy, self.eval_envs, cfg.eval_episodes, self.device, seed=cfg.seed)
+        self.evaluations += 1
+        record = cfg.eval_video and (self.evaluations - 1) % cfg.video_every == 0
+        result = run_episodes(
+            self.policy, self.eval_envs, cfg.eval_episodes, self.device, seed=cfg.seed,
+            video_frames=cfg.video_frames if record else 0,
+        )  # fmt: skip
         summary = self.history.add(self.global_step, result)
         self.last_eval = summary["mean_return"]
         improved = self.last_eval > self.best_return
@@ -898,25 +969,26 @@ class Trainer:
         }
         if "crafter_score" in summary:
             metrics["eval/crafter_score"] = summary["crafter_score"]
+            metrics |= {f"eval/success_{k}": v for k, v in summary["success_rates"].items()}
         self.logger.log(self.global_step, metrics)
-        print(
+        if record:
+            video = write_video(result.frames, self.logdir / "videos" / f"eval_{self.global_step:09d}.mp4")
+            self.logger.log_video(self.global_step, video)
+        plot_learning_curve(self.logdir / "metrics.jsonl", self.logdir / "learning_curve.png", cfg.env)
+        self.progress.write(
             f"eval @ {self.global_step:,}: return {self.last_eval:.2f} +- {summary['std_return']:.2f} over "
             f"{len(result.returns)} episodes{' (new best, saved best_model.pth)' if improved else ''}"
         )
         self.save("last.pth")
 
-    def print_progress(self, steps_at_start: int) -> None:
-        cfg = self.cfg
+    def show_progress(self, steps_at_start: int) -> None:
         session = max(time.time() - self.start, 1e-9)
         sps = (self.global_step - steps_at_start) / session
         recent = self.episodes.recent_returns
         ret = f"{np.mean(recent):.2f} ({len(recent)} eps)" if recent else "n/a"
-        eta = (cfg.num_updates * cfg.batch_size - self.global_step) / max(sps, 1e-9)
-        print(
-            f"step {self.global_step:,}/{cfg.steps:,} ({100 * self.global_step / cfg.steps:.0f}%) | "
-            f"{sps:.0f} sps | return {ret} | best eval {self.best_return:.2f} | eta {format_duration(eta)}",
-            flush=True,
-        )
+        eta = (self.progress.total - self.global_step) / max(sps, 1e-9)
+        first_or_last = self.update - 1 == steps_at_start // self.cfg.batch_size or self.update == self.cfg.num_updates
+        self.progress.update(self.global_step, sps, ret, self.best_return, eta, force=first_or_last)
 
     def write_summary(self, stop_reason: str | None) -> dict:
         summary = {
@@ -939,9 +1011,13 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        if hasattr(self, "progress"):
+            self.progress.close()
         self.envs.close()
         self.eval_envs.close()
         self.logger.close()
+        if (self.logdir / "metrics.jsonl").exists():
+            plot_learning_curve(self.logdir / "metrics.jsonl", self.logdir / "learning_curve.png", self.cfg.env)
 
 
 def train(cfg: Config) -> dict:

@@ -1,11 +1,13 @@
 """End to end: train.py on each family with a tiny backbone, then evaluate.py; CLI errors."""
 
 import json
+import math
 import pickle
 import subprocess
 import sys
 from pathlib import Path
 
+import imageio.v3 as iio
 import pytest
 import torch
 
@@ -50,7 +52,7 @@ FAMILIES = {
     ],
     "atari": [
         "--env",
-        "atari/Pong",
+        "atari/Breakout",
         "--num-envs",
         "4",
         "--steps",
@@ -74,7 +76,7 @@ def trained_run(request, tmp_path_factory):
     logdir = tmp_path_factory.mktemp(request.param) / "run_1"
     args = [*TINY, *FAMILIES[request.param], "--logdir", str(logdir)]
     if request.param == "atari":
-        args += ["--eval-episodes", "1", "--eval-envs", "1"]  # a full Pong game is ~800+ agent steps
+        args += ["--eval-episodes", "1", "--eval-envs", "1"]  # full games (all lives) are long
     proc = run("train.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return request.param, logdir, proc
@@ -83,6 +85,7 @@ def trained_run(request, tmp_path_factory):
 def test_training_writes_every_output(trained_run):
     family, logdir, proc = trained_run
     for name in (
+        "learning_curve.png",
         "best_model.pth",
         "last.pth",
         "eval_stats.pkl",
@@ -92,7 +95,13 @@ def test_training_writes_every_output(trained_run):
         "summary.json",
     ):
         assert (logdir / name).is_file(), name
-    assert list((logdir / "wandb").glob("offline-run-*/run-*.wandb")), "no offline wandb run"
+    assert len(list((logdir / "videos").glob("eval_*.mp4"))) == 2  # one per evaluation
+    wandb_runs = list((logdir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert wandb_runs, "no offline wandb run"
+    assert list(wandb_runs[0].parent.glob("files/media/videos/eval/*.mp4")), "no eval video in the wandb run"
+    records = wandb_runs[0].read_bytes()
+    for key in (b"eval/mean_return", b"losses/approx_kl", b"perf/sps", b"charts/learning_rate"):
+        assert key in records, key
     with open(logdir / "eval_stats.pkl", "rb") as f:
         stats = pickle.load(f)
     assert len(stats["step"]) == 2 and len(stats["returns"][0]) >= 1
@@ -120,23 +129,31 @@ def test_training_writes_every_output(trained_run):
 
 def test_evaluate_rebuilds_from_the_checkpoint_alone(trained_run, tmp_path):
     family, logdir, _ = trained_run
-    out = tmp_path / "eval.json"
+    out = tmp_path / "eval"
     proc = run(
-        "evaluate.py",
-        str(logdir / "best_model.pth"),
-        "--episodes",
-        "2",
-        "--num-envs",
-        "2",
-        "--deterministic",
-        "--json",
-        str(out),
-    )
+        "evaluate.py", str(logdir / "best_model.pth"), str(logdir / "last.pth"), "--episodes", "2", "--num-envs",
+        "2", "--deterministic", "--record", "--analyze-value", "--video-frames", "50", "--out", str(out),
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert result["episodes"] == 2 and "mean_return" in result and "return" in proc.stdout
+    rows = json.loads((out / "results.json").read_text())
+    sets = ["train", "test"] if family == "procgen" else ["eval"]
+    assert [r["set"] for r in rows] == sets * 2  # both checkpoints, every level set
+    for row in rows:
+        assert row["episodes"] == 2 and len(row["returns"]) == 2
+        assert iio.imread(row["video"], plugin="pyav").shape[0] <= 50
+        assert Path(row["value_plot"]).read_bytes()[:4] == b"\x89PNG"
+        assert -1e9 < row["value_explained_variance"] <= 1.0 or math.isnan(row["value_explained_variance"])
+    with open(out / "eval_stats.pkl", "rb") as f:
+        stats = pickle.load(f)
+    assert len(stats["mean_return"]) == len(rows)
     if family == "crafter":
-        assert len(result["success_rates"]) == 22 and result["crafter_score"] >= 0
+        assert len(rows[0]["success_rates"]) == 22 and rows[0]["crafter_score"] >= 0
+        assert "collect_wood" in proc.stdout
+    if family == "procgen":
+        assert rows[0]["levels"] == [0, 200] and rows[1]["levels"] == [200, 1000]
+        assert "normalized_return" in rows[0] and "generalization gap" in proc.stdout
+    if family == "atari":
+        assert rows[0]["human_normalized"] is not None
 
 
 def test_default_config_matches_the_seed_project():

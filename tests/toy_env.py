@@ -11,15 +11,22 @@ MOVES = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])
 
 class GridGoalVecEnv(VecEnv):
     """`size`x`size` grid drawn at `scale` pixels per cell: agent in red, goal in green.
-    Reward 1 and termination on reaching the goal; truncation after `limit` steps."""
+    Reward 1 and termination on reaching the goal (when `reachable`); truncation after `limit` steps."""
 
     frame_channels = 3
     num_actions = 4
 
     def __init__(
-        self, num_envs: int, seed: int = 0, size: int = 5, scale: int = 2, limit: int = 12, history_length: int = 1
+        self,
+        num_envs: int,
+        seed: int = 0,
+        size: int = 5,
+        scale: int = 2,
+        limit: int = 12,
+        history_length: int = 1,
+        reachable: bool = True,
     ):
-        self.num_envs, self.size, self.scale, self.limit = num_envs, size, scale, limit
+        self.num_envs, self.size, self.scale, self.limit, self.reachable = num_envs, size, scale, limit, reachable
         self.obs_shape = (3 * history_length, size * scale, size * scale)
         self.rng = np.random.default_rng(seed)
         self.agent = np.zeros((num_envs, 2), int)
@@ -49,7 +56,7 @@ class GridGoalVecEnv(VecEnv):
     def step(self, actions: np.ndarray) -> StepResult:
         self.agent = np.clip(self.agent + MOVES[actions], 0, self.size - 1)
         self.t += 1
-        terminated = (self.agent == self.goal).all(1)
+        terminated = (self.agent == self.goal).all(1) & self.reachable
         truncated = (self.t >= self.limit) & ~terminated
         rewards = terminated.astype(np.float32)
         ended = terminated | truncated
@@ -59,5 +66,5 @@ class GridGoalVecEnv(VecEnv):
         final_obs = self.frames.step(self._draw(), final_frames, ended)
         return StepResult(self.frames.stack.copy(), rewards, terminated, truncated, final_obs, episodes)
 
-    def render(self) -> np.ndarray:
-        return self._draw().transpose(0, 2, 3, 1)
+    def render(self, index: int = 0) -> np.ndarray:
+        return self._draw()[index].transpose(1, 2, 0)
