@@ -20,6 +20,7 @@ import os
 import pickle
 import re
 import signal
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -284,7 +285,42 @@ def make_crafter(seed: int):
     return _import_crafter().Env(seed=seed)
 
 
-def _crafter_step(envs: list, actions: np.ndarray) -> tuple:
+class NextEpisodes:
+    """Crafter worlds generated ahead of time in a worker's idle moments (while the trainer runs the
+    policy or the PPO update), so an episode end swaps in a ready world instead of stalling the batch.
+
+    A prepared env is a fresh env of the same seed and episode counter, reset once: exactly the world
+    `env.reset()` would have generated, so trajectories are identical with or without preparation."""
+
+    def __init__(self, env_fn, enabled: bool):
+        self.env_fn, self.enabled = env_fn, enabled
+        self.ready: dict[int, tuple] = {}  # env index -> (env already reset, its first obs)
+        self.used = 0
+
+    def clear(self) -> None:
+        self.ready.clear()
+
+    def prepare_one(self, envs: list) -> bool:
+        """Generate the next world of one env that has none ready; False when all are ready."""
+        missing = [i for i in range(len(envs)) if i not in self.ready and hasattr(envs[i], "_episode")]
+        if not self.enabled or not missing:
+            return False
+        i = missing[0]
+        env = self.env_fn(envs[i]._seed)  # the env's own seed: restored envs may come from another run
+        env._episode = envs[i]._episode  # so its reset() is envs[i]'s next one: the same world
+        self.ready[i] = (env, env.reset())
+        return True
+
+    def reset(self, envs: list, i: int) -> np.ndarray:
+        """Start env i's next episode: a prepared world when one is ready, else generate it now."""
+        if i in self.ready:
+            envs[i], obs = self.ready.pop(i)
+            self.used += 1
+            return obs
+        return envs[i].reset()
+
+
+def _crafter_step(envs: list, actions: np.ndarray, next_episodes: NextEpisodes) -> tuple:
     n = len(envs)
     obs = np.empty((n, 64, 64, 3), np.uint8)
     final = np.empty_like(obs)
@@ -292,41 +328,49 @@ def _crafter_step(envs: list, actions: np.ndarray) -> tuple:
     terminated = np.zeros(n, bool)
     truncated = np.zeros(n, bool)
     achievements: list[dict | None] = [None] * n
-    for i, (env, action) in enumerate(zip(envs, actions, strict=True)):
-        obs[i], rewards[i], done, info = env.step(int(action))
+    for i, action in enumerate(actions):
+        obs[i], rewards[i], done, info = envs[i].step(int(action))
         final[i] = obs[i]
         if done:
             terminated[i] = info["discount"] == 0  # died
             truncated[i] = not terminated[i]  # reached the episode length
             achievements[i] = dict(info["achievements"])
-            obs[i] = env.reset()
+            obs[i] = next_episodes.reset(envs, i)
     return obs, final, rewards, terminated, truncated, achievements
 
 
-def _crafter_worker(conn, seeds: list[int], env_fn) -> None:
-    """Runs several Crafter envs in one process, answering commands over `conn` with ("ok", reply).
-    An exception inside the game is sent back as ("error", message) and ends the worker."""
+def _crafter_worker(conn, seeds: list[int], env_fn, prepare_ahead: bool = True) -> None:
+    """Runs several Crafter envs in one process, answering commands over `conn` with ("ok", reply);
+    between commands it generates the envs' next worlds. An exception inside the game is sent back as
+    ("error", message) and ends the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle: it saves, then closes us
     _import_crafter()  # before any unpickling, so restored worlds get the same patched classes
     envs = []
+    next_episodes = NextEpisodes(env_fn, prepare_ahead)
     try:
         while True:
+            while not conn.poll() and next_episodes.prepare_one(envs):
+                pass
             cmd, data = conn.recv()
             if cmd == "close":
                 break
             try:
                 if cmd == "reset":  # new env objects: every reset replays the same worlds for the same seeds
                     envs = [env_fn(s) for s in seeds]
+                    next_episodes.clear()
                     reply = np.stack([e.reset() for e in envs])
                 elif cmd == "step":
-                    reply = _crafter_step(envs, data)
+                    reply = _crafter_step(envs, data, next_episodes)
                 elif cmd == "render":
                     reply = envs[data].render(CRAFTER_VIDEO_SIZE)
                 elif cmd == "get_state":
                     reply = pickle.dumps(envs, protocol=pickle.HIGHEST_PROTOCOL)
                 elif cmd == "set_state":
                     envs = CrafterUnpickler(io.BytesIO(data)).load()
+                    next_episodes.clear()
                     reply = None
+                elif cmd == "stats":
+                    reply = {"prepared_resets_used": next_episodes.used}
                 else:
                     raise ValueError(f"unknown command {cmd!r}")
             except Exception as e:  # report any game failure to the parent, which restarts this worker
@@ -337,6 +381,20 @@ def _crafter_worker(conn, seeds: list[int], env_fn) -> None:
         pass
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def _main_script_hidden():
+    """Start spawned workers without re-running the parent's main script: a worker needs only this
+    module, while train.py's imports (torch, timm, wandb) would cost each worker ~1 GB and seconds."""
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 class CrafterVecEnv(VecEnv):
@@ -350,9 +408,18 @@ class CrafterVecEnv(VecEnv):
     frame_channels = 3
     num_actions = 17
 
-    def __init__(self, num_envs: int, seed: int, history_length: int, num_workers: int | None = None,
-                 max_crashes: int = 3, env_fn=make_crafter):  # fmt: skip
+    def __init__(
+        self,
+        num_envs: int,
+        seed: int,
+        history_length: int,
+        num_workers: int | None = None,
+        max_crashes: int = 3,
+        env_fn=make_crafter,
+        prepare_ahead: bool = True,
+    ):
         self.num_envs, self.seed, self.env_fn, self.max_crashes = num_envs, seed, env_fn, max_crashes
+        self.prepare_ahead = prepare_ahead
         self.obs_shape = (3 * history_length, 64, 64)
         workers = max(1, min(num_envs, num_workers or os.cpu_count() or 1))
         self.slices = list(np.array_split(np.arange(num_envs), workers))
@@ -368,8 +435,11 @@ class CrafterVecEnv(VecEnv):
     def _start_worker(self, w: int) -> None:
         seeds = [self.seed + int(i) + 7919 * self.crashes for i in self.slices[w]]  # new worlds after a crash
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_crafter_worker, args=(child, seeds, self.env_fn), daemon=True)
-        proc.start()
+        proc = self.ctx.Process(
+            target=_crafter_worker, args=(child, seeds, self.env_fn, self.prepare_ahead), daemon=True
+        )
+        with _main_script_hidden():
+            proc.start()
         child.close()
         self.conns[w], self.procs[w] = parent, proc
 
@@ -440,6 +510,10 @@ class CrafterVecEnv(VecEnv):
     def render(self, index: int = 0) -> np.ndarray:
         w = next(w for w, idx in enumerate(self.slices) if index in idx)
         return self._call(w, "render", int(index - self.slices[w][0]))
+
+    def prepared_resets_used(self) -> int:
+        """How many episode starts used a world generated ahead of time."""
+        return sum(self._call(w, "stats")["prepared_resets_used"] for w in range(len(self.conns)))
 
     def get_state(self) -> dict:
         worlds = [self._call(w, "get_state") for w in range(len(self.conns))]

@@ -95,3 +95,31 @@ def test_atari_evaluation_plays_full_games():
     with make_vec_env("atari/Breakout", 2, seed=0, history_length=4, evaluation=True) as envs:
         assert envs.episodic_life is False
         check_stacking(envs, 300, 1)
+
+
+def test_crafter_worlds_prepared_ahead_give_identical_trajectories():
+    """Next episodes generated in the workers' idle time must be exactly the worlds a reset would make."""
+    import time
+
+    from env import CrafterVecEnv
+
+    rng = np.random.default_rng(1)
+    actions = rng.integers(0, 17, size=(500, 2))
+    runs = []
+    for prepare in (True, False):
+        with CrafterVecEnv(2, seed=11, history_length=1, num_workers=1, prepare_ahead=prepare) as envs:
+            obs, trajectory = [envs.reset()], []
+            for t, a in enumerate(actions):
+                if t % 50 == 0:
+                    time.sleep(0.3)  # idle time, as while the trainer updates
+                r = envs.step(a)
+                obs.append(r.obs)
+                trajectory.append((r.rewards, r.terminated, r.truncated))
+            used = envs.prepared_resets_used()
+        runs.append((np.stack(obs), trajectory, used))
+    (obs_a, traj_a, used_a), (obs_b, traj_b, used_b) = runs
+    assert used_a >= 2 and used_b == 0  # the prepared worlds were really used, and only when enabled
+    np.testing.assert_array_equal(obs_a, obs_b)
+    for (ra, ta, ua), (rb, tb, ub) in zip(traj_a, traj_b, strict=True):
+        np.testing.assert_array_equal(ra, rb)
+        np.testing.assert_array_equal(ta | ua, tb | ub)
