@@ -38,6 +38,7 @@ class EvalResult:
     frames: np.ndarray | None = None  # (T, H, W, 3) uint8: env 0's first episode, when recorded
     values: list[np.ndarray] = field(default_factory=list)  # per episode V(s_t), when collected
     rewards: list[np.ndarray] = field(default_factory=list)  # per episode raw r_t, when collected
+    complete: bool = True  # False when a stop request cut the evaluation short
 
     @property
     def mean_return(self) -> float:
@@ -72,12 +73,14 @@ def run_episodes(
     video_frames: int = 0,
     collect_values: bool = False,
     on_step: Callable[[int, VecEnv], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> EvalResult:
     """Play `num_episodes` full episodes from a fresh reset and collect their raw returns.
 
     Actions are sampled from a generator seeded with `seed`, so evaluation never moves the training RNG.
     `video_frames` > 0 records env 0's first episode (at most that many frames); `collect_values` keeps
     V(s_t) and r_t of every counted episode; `on_step(finished_episodes, envs)` is called after each step.
+    When `should_stop()` turns true the episodes are abandoned and the result is marked incomplete.
     """
     generator = torch.Generator(device=device).manual_seed(seed)
     quotas = episode_quotas(num_episodes, envs.num_envs)
@@ -92,6 +95,9 @@ def run_episodes(
     if video_frames:
         frames.append(envs.render(0))
     while (done < quotas).any():
+        if should_stop():
+            result.complete = False
+            break
         with torch.inference_mode():
             act = policy.act(torch.as_tensor(obs, device=device), deterministic, generator)
         step = envs.step(act.action.cpu().numpy())
@@ -118,7 +124,7 @@ def run_episodes(
         if on_step is not None:
             on_step(len(finished), envs)
     policy.train(was_training)
-    if video_frames and result.frames is None:
+    if video_frames and result.frames is None and frames:
         result.frames = np.stack(frames)
     result.returns = [ep.ret for ep in finished]
     result.lengths = [ep.length for ep in finished]

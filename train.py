@@ -865,12 +865,15 @@ class Trainer:
         self.progress = Progress(cfg.num_updates * cfg.batch_size, self.global_step, cfg.progress_interval)
         stop_reason = None
         try:
-            with StopSignal() as stop:
+            with StopSignal() as self.stop:
                 while self.update < cfg.num_updates:
-                    if not self.train_one_update(stop):
-                        stop_reason = stop.received
+                    if not self.train_one_update(self.stop):
+                        stop_reason = self.stop.received
                         break
                     self.maybe_evaluate()
+                    if self.stop():  # a signal during the evaluation
+                        stop_reason = self.stop.received
+                        break
                     if time.time() - last_save > cfg.save_interval * 60:
                         self.save("last.pth")
                         last_save = time.time()
@@ -947,14 +950,22 @@ class Trainer:
         cfg = self.cfg
         if self.global_step < self.next_eval and self.update < cfg.num_updates:
             return
-        while self.next_eval <= self.global_step:
-            self.next_eval += cfg.eval_interval
         self.evaluations += 1
         record = cfg.eval_video and (self.evaluations - 1) % cfg.video_every == 0
         result = run_episodes(
-            self.policy, self.eval_envs, cfg.eval_episodes, self.device, seed=cfg.seed,
+            self.policy,
+            self.eval_envs,
+            cfg.eval_episodes,
+            self.device,
+            seed=cfg.seed,
             video_frames=cfg.video_frames if record else 0,
-        )  # fmt: skip
+            should_stop=self.stop,
+        )
+        if not result.complete:
+            self.evaluations -= 1
+            return  # stopping: this evaluation is dropped (a resumed run redoes it); the run saves and exits
+        while self.next_eval <= self.global_step:
+            self.next_eval += cfg.eval_interval
         summary = self.history.add(self.global_step, result)
         self.last_eval = summary["mean_return"]
         improved = self.last_eval > self.best_return

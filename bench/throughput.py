@@ -154,6 +154,7 @@ def bench_update_cache(quick: bool) -> dict:
     recomputing.load_state_dict(cached.state_dict())
     g = torch.Generator().manual_seed(0)
     obs = torch.randint(0, 255, (T, N, *shape), dtype=torch.uint8, generator=g)
+    rewards = torch.randn(T, N, generator=g)
     buffers = {}
     for name, policy in (("cached", cached), ("recompute", recomputing)):
         torch.manual_seed(1)
@@ -168,7 +169,7 @@ def bench_update_cache(quick: bool) -> dict:
                 act.action,
                 act.logprob,
                 act.value,
-                torch.randn(N, generator=g),
+                rewards[t],
                 torch.zeros(N),
                 torch.zeros(N),
             )

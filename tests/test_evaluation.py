@@ -101,3 +101,13 @@ def test_bad_levels_argument(capsys, tmp_path):
         evaluate.parse_levels("200-1000", {"start_level": 0, "num_levels": 200})
     assert evaluate.parse_levels("", {"start_level": 0, "num_levels": 200}) == (200, 1000)
     assert evaluate.parse_levels("500:50", {"start_level": 0, "num_levels": 200}) == (500, 50)
+
+
+def test_a_stop_request_abandons_the_evaluation():
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 10, 10), 3, 4, 16, freeze_backbone=False))
+    calls = []
+    result = run_episodes(
+        policy, GridGoalVecEnv(2, limit=50, reachable=False), 4, torch.device("cpu"),
+        should_stop=lambda: calls.append(1) or len(calls) > 5,
+    )  # fmt: skip
+    assert not result.complete and result.returns == [] and len(calls) == 6
