@@ -717,8 +717,8 @@ def make_vec_env(
     episodic_life: bool = True,
     repeat_action_probability: float = 0.0,
 ) -> VecEnv:
-    """Build the vector env for `env_id`; `evaluation` gives separate seeds, full Atari games and
-    unseen Procgen levels (the whole level distribution, `num_levels=0`)."""
+    """Build the vector env for `env_id`; `evaluation` gives separate seeds and full Atari games (the
+    Procgen levels are the caller's choice: evaluate.make_eval_env picks unseen ones)."""
     spec = parse_env_id(env_id)
     if num_envs < 1 or history_length < 1:
         raise UsageError("num_envs and history_length must be at least 1")
@@ -731,8 +731,7 @@ def make_vec_env(
             raise UsageError(f"unknown Procgen distribution mode {distribution_mode!r}")
         if start_level < 0 or num_levels < 0:
             raise UsageError("Procgen start_level and num_levels must be >= 0")
-        levels = (0, 0) if evaluation else (start_level, num_levels)
-        return ProcgenVecEnv(spec.game, num_envs, seed, history_length, distribution_mode, *levels)
+        return ProcgenVecEnv(spec.game, num_envs, seed, history_length, distribution_mode, start_level, num_levels)
     return AtariVecEnv(
         spec.game, num_envs, seed, history_length, episodic_life and not evaluation, repeat_action_probability
     )

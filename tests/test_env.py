@@ -68,8 +68,23 @@ def test_procgen_stacking_and_unseen_eval_levels():
     with make_vec_env("procgen/bigfish", 4, seed=0, history_length=2) as envs:
         ends, episodes = check_stacking(envs, 400, 3)
     assert ends >= 1 and len(episodes) == ends
-    with make_vec_env("procgen/bigfish", 2, seed=0, history_length=2, evaluation=True) as eval_envs:
-        assert eval_envs.kwargs["num_levels"] == 0  # the full level distribution, not the 200 train levels
+    from evaluate import make_eval_env
+
+    config = {
+        "env": "procgen/bigfish",
+        "history_length": 2,
+        "distribution_mode": "easy",
+        "start_level": 0,
+        "num_levels": 200,
+        "sticky_actions": 0.0,
+    }
+    with make_eval_env(config, 2, seed=0) as eval_envs:  # unseen levels: the 1000 after the training range
+        assert (eval_envs.kwargs["start_level"], eval_envs.kwargs["num_levels"]) == (200, 1000)
+    with make_eval_env(config, 2, seed=0, levels=(0, 200)) as train_levels:
+        assert (train_levels.kwargs["start_level"], train_levels.kwargs["num_levels"]) == (0, 200)
+        first_train = train_levels.reset()
+    with make_eval_env(config, 2, seed=0) as unseen:
+        assert not np.array_equal(unseen.reset(), first_train)  # other levels, other first frames
 
 
 def test_atari_stacking_full_game_returns_and_episodic_life():
