@@ -7,7 +7,6 @@ steps evaluate on separate envs and keep `best_model.pth` whenever the mean eval
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -381,8 +380,10 @@ class RunLogger:
     def close(self) -> None:
         self.metrics_file.close()
         if self.wandb is not None:
-            with contextlib.suppress(Exception):
+            try:
                 self.wandb.finish()
+            except Exception as e:  # the local metrics are complete; wandb's own files may not be
+                warnings.warn(f"wandb could not finish the run ({e})", stacklevel=2)
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -808,7 +809,7 @@ class Trainer:
                 "episodes": self.episodes.state_dict(),
                 "obs": torch.from_numpy(self.obs.copy()),
                 "env_state": to_tensors(env_state),
-                "wandb_id": self.logger.wandb_id if hasattr(self, "logger") else None,
+                "wandb_id": self.logger.wandb_id,
             },
         }
 

@@ -58,7 +58,7 @@ def ours_rate(num_envs: int, seconds: float, prepare_ahead: bool) -> tuple[float
     rng = np.random.default_rng(0)
     with CrafterVecEnv(num_envs, seed=0, history_length=1, prepare_ahead=prepare_ahead) as envs:
         envs.reset()
-        time.sleep(0.5 * num_envs / (os.cpu_count() or 1) * 0.1)  # let workers prepare first worlds
+        time.sleep(1.0)  # as after a PPO update: the workers have prepared the next worlds
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             envs.step(rng.integers(0, 17, num_envs))
