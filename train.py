@@ -73,7 +73,7 @@ class Config:
     pretrained: bool = arg(True, "load the backbone's pretrained weights when they can be had")
     pretrained_file: str = arg("", "load backbone weights from this local file instead of the hub")
     freeze_backbone: bool = arg(True, "keep backbone weights fixed; train only the heads")
-    head_hidden: int = arg(256, "width of the 3-layer policy and value heads")
+    head_hidden: int = arg(256, "width of the 3-layer policy and value heads (0: one linear layer each)")
     # PPO
     lr: float = arg(3e-4, "Adam learning rate")
     lr_schedule: str = arg("linear", "learning-rate schedule", choices=("constant", "linear", "cosine"))
@@ -174,6 +174,7 @@ PRESETS: dict[str, dict] = {
         reward_scaling="normalize",
         history_length=1,
         backbone="impala_cnn",
+        head_hidden=0,  # the paper's network: IMPALA CNN to 256 units, then one linear layer per head
         pretrained=False,
         freeze_backbone=False,
         distribution_mode="easy",
@@ -201,6 +202,7 @@ PRESETS: dict[str, dict] = {
         backbone="nature_cnn",
         pretrained=False,
         freeze_backbone=False,
+        head_hidden=0,  # CleanRL's network: Nature CNN, then one linear layer per head
         reward_scaling="sign",
         episodic_life=True,
         eval_interval=500_000,

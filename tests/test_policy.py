@@ -5,7 +5,7 @@ import timm
 import torch
 
 from env import UsageError
-from policy import ActorCritic, PolicySpec, create_backbone
+from policy import ActorCritic, PolicySpec, create_backbone, input_normalization
 
 
 @pytest.mark.parametrize(
@@ -41,9 +41,12 @@ def test_timm_backbone_in_actor_critic(tmp_path):
     torch.manual_seed(0)
     spec = PolicySpec("resnet10t", (12, 64, 64), 3, 17, head_hidden=32, freeze_backbone=True)
     policy = ActorCritic(spec)
-    assert policy.pixel_mean.shape == (1, 12, 1, 1)  # ImageNet mean tiled over the 4 stacked frames
-    assert torch.allclose(policy.pixel_mean[0, 3:6, 0, 0], policy.pixel_mean[0, :3, 0, 0])
+    mean, std = input_normalization(policy.backbone, 12, 3)
+    assert mean.shape == (1, 12, 1, 1)  # ImageNet mean tiled over the 4 stacked frames
+    assert torch.allclose(mean[0, 3:6, 0, 0], torch.tensor((0.485, 0.456, 0.406)))
     obs = torch.randint(0, 255, (3, 12, 64, 64), dtype=torch.uint8)
+    normalized = torch.addcmul(policy.pixel_shift, obs.float(), policy.pixel_scale)
+    assert torch.allclose(normalized, (obs.float() / 255 - mean) / std, atol=1e-5)
     action, logprob, value, features = policy.act(obs)
     assert action.shape == logprob.shape == value.shape == (3,) and features.shape == (3, policy.feature_dim)
     policy.train()
