@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -92,7 +91,7 @@ class PPO:
         """-> mean of each loss piece over the applied minibatches, plus grad norm, explained variance and
         how many minibatches were skipped for a non-finite loss or gradient (they never touch the weights)."""
         self.policy.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # summed on the device, read once at the end
         applied = skipped = epochs = 0
         while epochs < self.hp.update_epochs:
             epochs += 1
@@ -104,24 +103,20 @@ class PPO:
                     new_logprob, entropy, new_value, mb.logprobs, mb.values, mb.advantages, mb.returns, self.hp
                 )
                 self.optimizer.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
-                    skipped += 1
-                    continue
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.params, self.hp.max_grad_norm)
-                if not torch.isfinite(grad_norm):
+                if not torch.isfinite(loss + grad_norm):  # the one host-device sync per minibatch
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
                     continue
                 self.optimizer.step()
-                for k, v in pieces.items():
-                    sums[k] = sums.get(k, 0.0) + v.item()
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.item()
-                epoch_kl.append(pieces["approx_kl"].item())
+                for k, v in (pieces | {"grad_norm": grad_norm.detach()}).items():
+                    sums[k] = sums.get(k, 0.0) + v
+                epoch_kl.append(pieces["approx_kl"])
                 applied += 1
-            if self.hp.target_kl is not None and epoch_kl and np.mean(epoch_kl) > self.hp.target_kl:
+            if self.hp.target_kl is not None and epoch_kl and torch.stack(epoch_kl).mean() > self.hp.target_kl:
                 break  # early stop: the policy moved too far from the rollout policy
-        stats = {k: v / max(applied, 1) for k, v in sums.items()}
+        stats = {k: float(v) / max(applied, 1) for k, v in sums.items()}
         stats |= {"epochs": epochs, "minibatches": applied + skipped, "skipped_minibatches": skipped}
         stats["explained_variance"] = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
         return stats

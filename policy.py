@@ -276,14 +276,17 @@ class ActorCritic(nn.Module):
             self.backbone.eval()  # frozen means frozen: no BatchNorm statistics updates either
         return self
 
+    amp = False  # bf16 autocast for the backbone and heads (train.py --amp); outputs stay float32
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.pixel_scale.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        """obs (B, K*C, H, W) uint8 -> features (B, F)."""
+        """obs (B, K*C, H, W) uint8 -> features (B, F) float32."""
         x = obs.contiguous(memory_format=torch.channels_last).float()  # NHWC while still 1 byte per value
         x = torch.addcmul(self.pixel_shift, x, self.pixel_scale)
-        if self.spec.freeze_backbone:
-            with torch.no_grad():
-                return self.backbone(x)
-        return self.backbone(x)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.spec.freeze_backbone), self.autocast():
+            return self.backbone(x).float()
 
     @property
     def caches_features(self) -> bool:
@@ -291,8 +294,9 @@ class ActorCritic(nn.Module):
         return self.spec.freeze_backbone
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B, F) -> logits (B, A), value (B,)."""
-        return self.policy_head(features), self.value_head(features).squeeze(-1)
+        """features (B, F) -> logits (B, A), value (B,), float32."""
+        with self.autocast():
+            return self.policy_head(features).float(), self.value_head(features).squeeze(-1).float()
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs (B, K*C, H, W) uint8 -> logits (B, A), value (B,)."""

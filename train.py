@@ -74,6 +74,8 @@ class Config:
     pretrained_file: str = arg("", "load backbone weights from this local file instead of the hub")
     freeze_backbone: bool = arg(True, "keep backbone weights fixed; train only the heads")
     head_hidden: int = arg(256, "width of the 3-layer policy and value heads (0: one linear layer each)")
+    amp: bool = arg(False, "bf16 autocast in the forward passes (GPUs with bf16: Ampere or newer)")
+    compile: bool = arg(False, "torch.compile the backbone (compiles for a minute or more; for long GPU runs)")
     # PPO
     lr: float = arg(3e-4, "Adam learning rate")
     lr_schedule: str = arg("linear", "learning-rate schedule", choices=("constant", "linear", "cosine"))
@@ -216,7 +218,7 @@ PRESETS: dict[str, dict] = {
 RESUME_OVERRIDES = {
     "resume", "steps", "stop_after", "device", "save_interval", "max_env_crashes", "max_bad_updates",
     "wandb_mode", "wandb_project", "wandb_entity", "wandb_key", "overwrite", "eval_video", "video_every",
-    "video_frames", "progress_interval",
+    "video_frames", "progress_interval", "amp", "compile",
 }  # fmt: skip
 
 
@@ -660,6 +662,29 @@ def make_buffer(cfg: Config, policy: ActorCritic, obs_shape: tuple[int, ...], de
     return RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_shape, device, feature_dim)
 
 
+class HostToDevice:
+    """Host arrays -> device tensors. On CUDA through reused pinned buffers and non-blocking copies (each
+    buffer is rewritten only once its last copy has finished); on CPU without any copy."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.slots: dict[tuple, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+
+    def __call__(self, array: np.ndarray) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.as_tensor(array)
+        key = (array.shape, array.dtype.str)
+        pinned, copied = self.slots.get(key) or (torch.from_numpy(np.empty_like(array)).pin_memory(), None)
+        if copied is not None:
+            copied.synchronize()
+        pinned.numpy()[...] = array
+        tensor = pinned.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.slots[key] = (pinned, event)
+        return tensor
+
+
 def collect_rollout(
     envs: VecEnv,
     policy: ActorCritic,
@@ -673,35 +698,27 @@ def collect_rollout(
     -> (next obs, finished episodes, whether the rollout is complete; not when `should_stop()` cut it)."""
     policy.eval()
     episodes = []
-    device = buffer.device
+    to_device = HostToDevice(buffer.device)
     for t in range(buffer.num_steps):
         if should_stop():
             return obs, episodes, False
         tic = time.perf_counter()
-        obs_t = torch.as_tensor(obs, device=device)  # (N, K*C, H, W) uint8
+        obs_t = to_device(obs)  # (N, K*C, H, W) uint8: frames become floats on the device
         with torch.inference_mode():
             act = policy.act(obs_t)
-        actions = act.action.cpu().numpy()
+        actions = act.action.cpu().numpy()  # the one sync per step: the envs need the actions
         tac = time.perf_counter()
         result = envs.step(actions)
         toc = time.perf_counter()
         dones = result.terminated | result.truncated
-        rewards = scaler(result.rewards, dones)
-        bootstrap = torch.zeros(envs.num_envs, device=device)
+        rewards_dones = to_device(np.stack([scaler(result.rewards, dones), dones.astype(np.float32)]))  # (2, N)
+        bootstrap = torch.zeros(envs.num_envs, device=buffer.device)
         if result.truncated.any():  # time limit: the episode's value beyond it is V(final obs), not 0
             with torch.inference_mode():
-                final = torch.as_tensor(result.final_obs[result.truncated], device=device)
-                bootstrap[torch.as_tensor(result.truncated, device=device)] = policy.value(final)
-        buffer.add(
-            t,
-            act.features if policy.caches_features else obs_t,
-            act.action,
-            act.logprob,
-            act.value,
-            torch.as_tensor(rewards, device=device),
-            torch.as_tensor(dones, dtype=torch.float32, device=device),
-            bootstrap,
-        )
+                final = to_device(result.final_obs[result.truncated])
+                bootstrap[to_device(result.truncated)] = policy.value(final)
+        inputs = act.features if policy.caches_features else obs_t
+        buffer.add(t, inputs, act.action, act.logprob, act.value, rewards_dones[0], rewards_dones[1], bootstrap)
         obs = result.obs
         episodes.extend(result.episodes)
         timing["inference"] += tac - tic + time.perf_counter() - toc
@@ -773,6 +790,9 @@ class Trainer:
         )
         pretrained = cfg.pretrained and resume is None  # a resumed run's weights come from its checkpoint
         self.policy = ActorCritic(self.spec, pretrained, cfg.pretrained_file if pretrained else "").to(self.device)
+        self.policy.amp = cfg.amp
+        if cfg.compile:
+            self.policy.backbone.compile()  # in place: checkpoints keep the plain parameter names
         self.ppo = PPO(self.policy, cfg, seed=cfg.seed)
         self.buffer = make_buffer(cfg, self.policy, self.envs.obs_shape, self.device)
         self.scaler = RewardScaler(reward_mode(cfg), cfg.num_envs, cfg.gamma)

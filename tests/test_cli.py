@@ -228,3 +228,22 @@ def test_cli_error_from_a_real_process_has_no_traceback(tmp_path):
     proc = run("train.py", "--env", "atari/NoSuchGame", "--logdir", str(tmp_path / "run_1"), timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_amp_and_compile_train_and_save_plain_checkpoints(tmp_path):
+    """--amp (bf16 autocast) and --compile (torch.compile) run the whole loop; the checkpoint loads into
+    an uncompiled float32 policy whose outputs are close to the bf16 ones."""
+    logdir = tmp_path / "run_1"
+    args = [*TINY, "--env", "procgen/coinrun", "--num-envs", "4", "--steps", "256", "--eval-interval", "256"]
+    summary = train.train(train.config_from_args([*args, "--amp", "--compile", "--logdir", str(logdir)]))
+    assert summary["finished"] and math.isfinite(summary["last_eval_return"])
+    payload = torch.load(logdir / "last.pth", weights_only=True)
+    assert not any("_orig_mod" in key for key in payload["model"])
+    policy = evaluate.load_policy(payload, torch.device("cpu"))
+    obs = torch.randint(0, 255, (8, *policy.spec.obs_shape), dtype=torch.uint8)
+    logits, value = policy(obs)
+    policy.amp = True
+    logits_bf16, value_bf16 = policy(obs)
+    assert logits_bf16.dtype == torch.float32
+    torch.testing.assert_close(logits_bf16, logits, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(value_bf16, value, atol=0.05, rtol=0.05)
