@@ -7,15 +7,18 @@ these machines are noisy:
   AsyncVectorEnv over crafter as installed, with numba world generation and without.
 - update_cache: the PPO update with a frozen backbone on cached features against recomputing the
   backbone in every epoch, and whether the learned heads come out the same.
-- training: training steps/s of train.py's loop per family with its time split and peak memory.
+- training: train.py's loop side by side with baselines written in bench/baselines.py (CleanRL's
+  ppo_atari.py; a plain PyTorch loop over ProcgenGym3Env), alternating runs in fresh processes; steps/s,
+  time split (env / inference / update) and peak RSS of each process tree; the default Crafter run's
+  peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -29,13 +32,6 @@ from agent import PPO  # noqa: E402
 from buffer import RolloutBuffer  # noqa: E402
 from env import CrafterVecEnv, make_crafter  # noqa: E402
 from policy import ActorCritic, PolicySpec  # noqa: E402
-
-
-def peak_rss_mb() -> dict:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"process_mb": round(own, 1), "largest_child_mb": round(children, 1)}
-
 
 # ---------------------------------------------------------------------------------------- Crafter
 
@@ -217,57 +213,116 @@ def bench_update_cache(quick: bool) -> dict:
 
 # -------------------------------------------------------------------------------------- training
 
+BENCH = Path(__file__).resolve().parent
 
+# our runs: preset (or defaults) + flags; the baselines get the same sizes
 TRAINING = {
-    "crafter": [
-        "--env",
-        "crafter",
-        "--backbone",
-        "impala_cnn",
-        "--num-envs",
-        "16",
-        "--num-steps",
-        "64",
-        "--history-length",
-        "1",
-    ],
-    "procgen": ["--preset", "procgen-official", "--env", "procgen/starpilot", "--num-envs", "16", "--num-steps", "64"],
     "atari": ["--preset", "atari-cleanrl", "--env", "atari/Breakout"],
+    "procgen": ["--preset", "procgen-official", "--env", "procgen/starpilot"],
+    "crafter_default": [],  # python train.py with no flags: 64 envs, frozen EfficientNetV2-S
 }
 
 
-def bench_training(family: str, updates: int, tmp: Path) -> dict:
-    """train.py's own loop, in this process, for a few updates; SPS counts collection and update."""
+def train_steps_per_s(family: str, updates: int, extra: list[str]) -> dict:
+    """train.py's own loop for a few updates (evaluation off); SPS counts collection and update."""
+    import tempfile
+
     import train
 
-    args = [
-        *TRAINING[family],
-        "--no-pretrained",
-        "--no-freeze-backbone",
-        "--wandb-mode",
-        "disabled",
-        "--eval-interval",
-        str(10**9),
-        "--no-eval-video",
-        "--logdir",
-        str(tmp / f"{family}_1"),
-    ]
-    cfg = train.config_from_args(args)
-    cfg.steps = updates * cfg.batch_size
-    cfg.eval_episodes = 1
-    trainer = train.Trainer(cfg)
-    trainer.maybe_evaluate = lambda: None  # throughput only
-    start = time.perf_counter()
-    trainer.run()
-    seconds = time.perf_counter() - start
-    split = {k: round(v, 2) for k, v in trainer.timing.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [*TRAINING[family], *extra, "--wandb-mode", "disabled", "--eval-interval", str(10**12)]
+        cfg = train.config_from_args([*args, "--no-eval-video", "--logdir", str(Path(tmp) / "run_1")])
+        cfg.steps = updates * cfg.batch_size
+        trainer = train.Trainer(cfg)
+        trainer.maybe_evaluate = lambda: None  # throughput only
+        start = time.perf_counter()
+        trainer.run()
+        seconds = time.perf_counter() - start
     return {
-        "settings": " ".join(TRAINING[family]),
-        "batch": cfg.batch_size,
-        "updates": updates,
-        "steps_per_s": round(cfg.steps / seconds, 1),
-        "seconds_split": split,
-        "peak_rss": peak_rss_mb(),
+        "steps_per_s": cfg.steps / seconds,
+        "steps": cfg.steps,
+        "seconds": seconds,
+        "seconds_split": dict(trainer.timing),
+    }
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of process `root` and all its descendants (Linux /proc)."""
+    parents, rss = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            parents[pid], rss[pid] = int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    tree, grew = {root}, True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(rss.get(pid, 0) for pid in tree)
+
+
+def isolated(command: list[str]) -> dict:
+    """Run a measurement in a fresh process; -> its JSON (last stdout line) + the peak RSS of its whole
+    process tree (env workers included), sampled every 0.2 s."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([sys.executable, *command], stdout=out, stderr=subprocess.DEVNULL, cwd=BENCH.parent)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.2)
+        out.seek(0)
+        lines = out.read().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {proc.returncode}")
+    result = json.loads(lines[-1])
+    rounded = {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
+    rounded["seconds_split"] = {k: round(v, 2) for k, v in result["seconds_split"].items()}
+    return rounded | {"peak_rss_mb": round(peak / 2**20)}
+
+
+def ours(family: str, updates: int, extra: list[str] | None = None) -> dict:
+    extra = extra or []
+    command = [str(BENCH / "throughput.py"), "--child", family, "--updates", str(updates), "--extra", *extra]
+    return isolated(command) | {"settings": " ".join(TRAINING[family] + extra) or "(defaults)"}
+
+
+def side_by_side(baseline_command: list[str], family: str, updates: int, rounds: int, extra: list[str]) -> dict:
+    """Alternate baseline and ours `rounds` times (this machine's speed drifts); ratio of total SPS."""
+    runs: dict[str, list] = {"baseline": [], "ours": []}
+    for _ in range(rounds):
+        runs["baseline"].append(isolated([str(BENCH / "baselines.py"), *baseline_command, "--updates", str(updates)]))
+        runs["ours"].append(ours(family, updates, extra))
+    rate = {k: sum(r["steps"] for r in v) / sum(r["seconds"] for r in v) for k, v in runs.items()}
+    return {
+        "baseline_steps_per_s": round(rate["baseline"], 1),
+        "ours_steps_per_s": round(rate["ours"], 1),
+        "ratio": round(rate["ours"] / rate["baseline"], 3),
+        "runs": runs,
+    }
+
+
+def bench_training(quick: bool) -> dict:
+    rounds = 1 if quick else 2
+    atari = side_by_side(["atari"], "atari", 2 if quick else 3, rounds, [])
+    atari["goal"] = "ratio >= 1.5 (CleanRL ppo_atari.py, same settings and network)"
+    envs, steps = ("16", "64") if quick else ("64", "256")  # the official 64 x 256 unless quick
+    sizes = ["--num-envs", envs, "--num-steps", steps]
+    procgen = side_by_side(["procgen", *sizes], "procgen", 1, 1, sizes)  # one update is minutes already
+    procgen["goal"] = "ratio >= 1.5 (plain PyTorch loop over ProcgenGym3Env, official settings)"
+    crafter = ours("crafter_default", 1)
+    baseline_rss = procgen["runs"]["baseline"][0]["peak_rss_mb"]
+    return {
+        "atari": atari,
+        "procgen": procgen,
+        "crafter_default_run": crafter
+        | {
+            "rss_ratio_vs_plain_procgen_loop": round(crafter["peak_rss_mb"] / baseline_rss, 3),
+            "goal": "peak RSS < 1/3 of CleanRL ppo_procgen's ~4.7 GB (float32 obs buffer), i.e. < 1570 MB",
+        },
     }
 
 
@@ -275,9 +330,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter measurements (minutes, not tens of minutes)")
     parser.add_argument("--only", default="crafter_env,update_cache,training", help="comma-separated sections")
+    parser.add_argument("--child", choices=list(TRAINING), help=argparse.SUPPRESS)  # one isolated training run
+    parser.add_argument("--updates", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import tempfile
-
+    if args.child:
+        print(json.dumps(train_steps_per_s(args.child, args.updates, args.extra)))
+        return
     results: dict = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "quick": args.quick}
     sections = args.only.split(",")
     if "crafter_env" in sections:
@@ -285,8 +344,7 @@ def main() -> None:
     if "update_cache" in sections:
         results["update_cache"] = bench_update_cache(args.quick)
     if "training" in sections:
-        with tempfile.TemporaryDirectory() as tmp:
-            results["training"] = {f: bench_training(f, 2 if args.quick else 5, Path(tmp)) for f in TRAINING}
+        results["training"] = bench_training(args.quick)
     print(json.dumps(results, indent=2))
 
 
