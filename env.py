@@ -672,6 +672,7 @@ def make_vec_env(
     history_length: int,
     evaluation: bool = False,
     max_crashes: int = 3,
+    num_workers: int | None = None,
     distribution_mode: str = "easy",
     start_level: int = 0,
     num_levels: int = 200,
@@ -686,7 +687,7 @@ def make_vec_env(
     if evaluation:
         seed += EVAL_SEED_OFFSET
     if spec.family == "crafter":
-        return CrafterVecEnv(num_envs, seed, history_length, max_crashes=max_crashes)
+        return CrafterVecEnv(num_envs, seed, history_length, num_workers, max_crashes=max_crashes)
     if spec.family == "procgen":
         if distribution_mode not in ("easy", "hard", "extreme", "memory", "exploration"):
             raise UsageError(f"unknown Procgen distribution mode {distribution_mode!r}")

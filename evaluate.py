@@ -143,9 +143,12 @@ def unseen_levels(config: dict) -> tuple[int, int]:
     return config["start_level"] + config["num_levels"], UNSEEN_LEVELS
 
 
-def make_eval_env(config: dict, num_envs: int, seed: int, levels: tuple[int, int] | None = None) -> VecEnv:
+def make_eval_env(
+    config: dict, num_envs: int, seed: int, levels: tuple[int, int] | None = None, num_workers: int | None = None
+) -> VecEnv:
     """Evaluation envs for the game and settings a run was trained with (a checkpoint's config);
-    Procgen plays `levels` (start, count), unseen levels by default."""
+    Procgen plays `levels` (start, count), unseen levels by default; Crafter runs in `num_workers`
+    processes (default: one per core)."""
     start, count = levels if levels is not None else unseen_levels(config)
     return make_vec_env(
         config["env"],
@@ -157,6 +160,7 @@ def make_eval_env(config: dict, num_envs: int, seed: int, levels: tuple[int, int
         start_level=start,
         num_levels=count,
         repeat_action_probability=config["sticky_actions"],
+        num_workers=num_workers,
     )
 
 

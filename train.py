@@ -779,7 +779,13 @@ class Trainer:
         atomic_write(self.logdir / "config.json", lambda f: f.write(json.dumps(cfg.public_dict(), indent=2).encode()))
 
         self.envs = make_train_env(cfg)
-        self.eval_envs = make_eval_env(cfg.public_dict(), min(cfg.eval_envs, cfg.eval_episodes), cfg.seed)
+        # evaluation only runs between updates: a quarter of the cores' worker processes (~100 MB each) do
+        self.eval_envs = make_eval_env(
+            cfg.public_dict(),
+            min(cfg.eval_envs, cfg.eval_episodes),
+            cfg.seed,
+            num_workers=max(1, (os.cpu_count() or 1) // 4),
+        )
         self.spec = PolicySpec(
             cfg.backbone,
             self.envs.obs_shape,
