@@ -19,12 +19,60 @@ class Minibatch:
     returns: torch.Tensor  # (B,) value targets: advantages + values
 
 
+class StackedFrames:
+    """Frame stacks (T, N, K*C, H, W) stored one frame per step: K times less memory than the stacks.
+
+    Frame j of the stack at step t is frames[t + j] unless it is one of the `padding[t]` leading zero
+    frames of an episode's first steps (every family pads new stacks with zeros, oldest frame first).
+    The first step of the rollout is kept whole (its K frames); after that each step adds its newest frame
+    and whether its stack continues the previous one (padding shrinks) or starts an episode (K-1 zeros).
+    """
+
+    def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], frame_channels: int, device):
+        self.k, self.c = obs_shape[0] // frame_channels, frame_channels
+        self.num_envs = num_envs
+        self.frames = torch.zeros(
+            (num_steps + self.k - 1, num_envs, frame_channels, *obs_shape[1:]), dtype=torch.uint8, device=device
+        )
+        self.padding = torch.zeros((num_steps, num_envs), dtype=torch.long, device=device)
+        self.slot = torch.arange(self.k, device=device)  # (K,)
+        self.malformed = torch.zeros((), dtype=torch.bool, device=device)  # checked once per rollout, not per step
+
+    def add(self, t: int, stacks: torch.Tensor) -> None:
+        """stacks (N, K*C, H, W) uint8: the observations acted on at step t."""
+        frames = stacks.reshape(self.num_envs, self.k, self.c, *stacks.shape[2:])  # (N, K, C, H, W)
+        if t == 0:
+            self.frames[: self.k] = frames.transpose(0, 1)
+            self.padding[0] = 0
+            return
+        previous_padding = self.padding[t - 1]
+        shifted = self.frames[t : t + self.k - 1].transpose(0, 1)  # the previous stack's newest K-1 frames
+        zeroed = self.slot[None, : self.k - 1] < (previous_padding[:, None] - 1)  # (N, K-1) its padding
+        expected = shifted.masked_fill(zeroed[..., None, None, None], 0)
+        older = frames[:, :-1]
+        continues = (older == expected).flatten(1).all(1)  # (N,)
+        starts = ~continues
+        self.malformed |= (starts & (older.flatten(1) != 0).any(1)).any()  # a new stack must be zero padded
+        self.padding[t] = torch.where(continues, (previous_padding - 1).clamp(min=0), self.k - 1)
+        self.frames[t + self.k - 1] = frames[:, -1]
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """Flat (t * N + n) indices (B,) -> their stacks (B, K*C, H, W)."""
+        if self.malformed:
+            raise ValueError("frame stacks must continue the previous step's or start an episode zero padded")
+        t, n = index // self.num_envs, index % self.num_envs
+        stacks = self.frames[t[:, None] + self.slot, n[:, None]]  # (B, K, C, H, W)
+        stacks[self.slot[None, :] < self.padding[t, n][:, None]] = 0
+        return stacks.reshape(len(index), -1, *stacks.shape[3:])
+
+
 class RolloutBuffer:
     """Preallocated (T, N, ...) storage of one rollout.
 
-    `inputs` holds what the update feeds the policy: uint8 frame stacks (T, N, K*C, H, W), or, with
-    `feature_dim` set (frozen backbone), the backbone features (T, N, F) computed during the rollout,
-    so the epochs never run the backbone again and the frames need not be kept.
+    `inputs` holds what the update feeds the policy: uint8 frame stacks (T, N, K*C, H, W), each frame
+    stored once when `frame_channels` is given and K > 1 (StackedFrames), or, with `feature_dim` set
+    (frozen backbone), the backbone features (T, N, F) computed during the rollout, so the epochs never
+    run the backbone again and the frames need not be kept.
 
     `dones[t]` marks that the episode of each env ended at step t (terminated or truncated), so
     obs[t + 1] belongs to a new episode. `bootstrap[t]` is V(final_obs) for a truncated step, 0 else:
@@ -38,13 +86,17 @@ class RolloutBuffer:
         obs_shape: tuple[int, ...],
         device: torch.device,
         feature_dim: int | None = None,
+        frame_channels: int | None = None,
     ):
         self.num_steps, self.num_envs, self.device = num_steps, num_envs, device
         shape = (num_steps, num_envs)
-        if feature_dim is None:
-            self.inputs = torch.zeros(shape + tuple(obs_shape), dtype=torch.uint8, device=device)
-        else:
+        self.stacks = None
+        if feature_dim is not None:
             self.inputs = torch.zeros(shape + (feature_dim,), device=device)
+        elif frame_channels and obs_shape[0] > frame_channels:
+            self.stacks = self.inputs = StackedFrames(num_steps, num_envs, obs_shape, frame_channels, device)
+        else:
+            self.inputs = torch.zeros(shape + tuple(obs_shape), dtype=torch.uint8, device=device)
         self.actions = torch.zeros(shape, dtype=torch.long, device=device)
         self.logprobs = torch.zeros(shape, device=device)
         self.values = torch.zeros(shape, device=device)
@@ -70,7 +122,10 @@ class RolloutBuffer:
         bootstrap: torch.Tensor,
     ) -> None:
         """Store step t of every env: the obs (or its features) acted on and what followed."""
-        self.inputs[t] = inputs
+        if self.stacks is not None:
+            self.stacks.add(t, inputs)
+        else:
+            self.inputs[t] = inputs
         self.actions[t] = actions
         self.logprobs[t] = logprobs
         self.values[t] = values
@@ -96,15 +151,11 @@ class RolloutBuffer:
         """One pass over the flattened rollout in random minibatches."""
         order = torch.randperm(self.batch_size, generator=generator).to(self.device)
         flat = lambda x: x.reshape(self.batch_size, *x.shape[2:])  # noqa: E731
-        inputs, actions, logprobs, values = (
-            flat(self.inputs),
-            flat(self.actions),
-            flat(self.logprobs),
-            flat(self.values),
-        )
+        inputs = self.stacks.gather if self.stacks is not None else flat(self.inputs).__getitem__
+        actions, logprobs, values = flat(self.actions), flat(self.logprobs), flat(self.values)
         advantages, returns = flat(self.advantages), flat(self.returns)
         for idx in order.chunk(num_minibatches):
-            yield Minibatch(inputs[idx], actions[idx], logprobs[idx], values[idx], advantages[idx], returns[idx])
+            yield Minibatch(inputs(idx), actions[idx], logprobs[idx], values[idx], advantages[idx], returns[idx])
 
 
 class RunningMeanStd:

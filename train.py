@@ -657,9 +657,9 @@ def make_train_env(cfg: Config) -> VecEnv:
     )
 
 
-def make_buffer(cfg: Config, policy: ActorCritic, obs_shape: tuple[int, ...], device: torch.device) -> RolloutBuffer:
+def make_buffer(cfg: Config, policy: ActorCritic, envs: VecEnv, device: torch.device) -> RolloutBuffer:
     feature_dim = policy.feature_dim if policy.caches_features else None
-    return RolloutBuffer(cfg.num_steps, cfg.num_envs, obs_shape, device, feature_dim)
+    return RolloutBuffer(cfg.num_steps, cfg.num_envs, envs.obs_shape, device, feature_dim, envs.frame_channels)
 
 
 class HostToDevice:
@@ -800,7 +800,7 @@ class Trainer:
         if cfg.compile:
             self.policy.backbone.compile()  # in place: checkpoints keep the plain parameter names
         self.ppo = PPO(self.policy, cfg, seed=cfg.seed)
-        self.buffer = make_buffer(cfg, self.policy, self.envs.obs_shape, self.device)
+        self.buffer = make_buffer(cfg, self.policy, self.envs, self.device)
         self.scaler = RewardScaler(reward_mode(cfg), cfg.num_envs, cfg.gamma)
         self.history = EvalHistory(self.logdir)
         self.episodes = EpisodeLog()

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from buffer import RewardScaler, RolloutBuffer, RunningMeanStd
+from buffer import RewardScaler, RolloutBuffer, RunningMeanStd, StackedFrames
+from env import FrameStack, make_vec_env
 
 
 def reference_gae(rewards, values, dones, bootstrap, last_values, gamma, lam):
@@ -110,3 +111,52 @@ def test_reward_scalers():
     for _ in range(200):
         out = norm(np.array([10.0, 10.0, 10.0]), np.zeros(3, bool))
     assert np.all(np.abs(out) < 10.0)  # divided by the running std of the discounted return
+
+
+def stacks_round_trip(stacks: np.ndarray, frame_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """stacks (T, N, K*C, H, W) through StackedFrames -> (what it gives back, the stacks) in flat order."""
+    T, N = stacks.shape[:2]
+    store = StackedFrames(T, N, stacks.shape[2:], frame_channels, torch.device("cpu"))
+    for t in range(T):
+        store.add(t, torch.as_tensor(stacks[t]))
+    index = torch.randperm(T * N)
+    expected = torch.as_tensor(stacks).reshape(T * N, *stacks.shape[2:])[index]
+    return store.gather(index), expected
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_stacked_frames_give_back_every_stack(k):
+    """Episodes ending at any step (also back to back and within the first K steps), black frames."""
+    rng = np.random.default_rng(k)
+    T, N, C = 40, 6, 3
+    frames = FrameStack(N, (C, 5, 5), k)
+    frames.reset(rng.integers(0, 255, (N, C, 5, 5), dtype=np.uint8))
+    stacks = []
+    for t in range(T):
+        stacks.append(frames.stack.copy())
+        new = rng.integers(0, 255, (N, C, 5, 5), dtype=np.uint8)
+        new[rng.random(N) < 0.1] = 0  # a black frame is a frame, not padding
+        ended = rng.random(N) < (0.5 if t in (3, 4) else 0.15)
+        frames.step(new, rng.integers(0, 255, (N, C, 5, 5), dtype=np.uint8), ended)
+    got, expected = stacks_round_trip(np.stack(stacks), C)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("env_id", ["crafter", "procgen/bigfish", "atari/Breakout"])
+def test_stacked_frames_on_real_games(env_id):
+    """Each family's stacks (Atari's from ALE itself, across lost lives too) are stored exactly."""
+    with make_vec_env(env_id, 3, seed=1, history_length=4) as envs:
+        obs, stacks, ends = envs.reset(), [], 0
+        for _ in range(150):
+            stacks.append(obs)
+            result = envs.step(np.random.default_rng(len(stacks)).integers(0, envs.num_actions, 3))
+            obs, ends = result.obs, ends + int((result.terminated | result.truncated).sum())
+    got, expected = stacks_round_trip(np.stack(stacks), envs.frame_channels)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert ends > 0
+
+
+def test_stacked_frames_refuse_stacks_that_are_not_zero_padded():
+    stacks = np.random.default_rng(0).integers(1, 255, (4, 2, 6, 3, 3), dtype=np.uint8)  # unrelated stacks
+    with pytest.raises(ValueError, match="zero padded"):
+        stacks_round_trip(stacks, 3)

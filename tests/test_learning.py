@@ -20,7 +20,7 @@ def train_on_grid(cfg: Config, seed: int = 0) -> float:
     spec = PolicySpec(cfg.backbone, envs.obs_shape, 3, envs.num_actions, cfg.head_hidden, cfg.freeze_backbone)
     policy = ActorCritic(spec)
     ppo = PPO(policy, cfg, seed=seed)
-    buffer = make_buffer(cfg, policy, envs.obs_shape, torch.device("cpu"))
+    buffer = make_buffer(cfg, policy, envs, torch.device("cpu"))
     scaler = RewardScaler("none", cfg.num_envs, cfg.gamma)
     timing = {"env": 0.0, "inference": 0.0}
     obs = envs.reset()
