@@ -233,6 +233,99 @@ class AtariAgent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
 
 
+def cleanrl_ppo_epochs(
+    agent,
+    optimizer,
+    b_obs,
+    b_logprobs,
+    b_actions,
+    b_advantages,
+    b_returns,
+    b_values,
+    *,
+    batch_size: int,
+    minibatch_size: int,
+    update_epochs: int,
+    clip_coef: float,
+    norm_adv: bool,
+    clip_vloss: bool,
+    ent_coef: float,
+    vf_coef: float,
+    max_grad_norm: float,
+    target_kl: float | None,
+) -> None:
+    """The PPO epochs of CleanRL's ppo_atari.py and ppo_procgen.py (identical in both scripts), verbatim."""
+    # Optimizing the policy and value network
+    b_inds = np.arange(batch_size)
+    clipfracs = []
+    for _epoch in range(update_epochs):
+        np.random.shuffle(b_inds)
+        for start in range(0, batch_size, minibatch_size):
+            end = start + minibatch_size
+            mb_inds = b_inds[start:end]
+
+            _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions.long()[mb_inds])
+            logratio = newlogprob - b_logprobs[mb_inds]
+            ratio = logratio.exp()
+
+            with torch.no_grad():
+                # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                old_approx_kl = (-logratio).mean()
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfracs += [((ratio - 1.0).abs() > clip_coef).float().mean().item()]
+
+            mb_advantages = b_advantages[mb_inds]
+            if norm_adv:
+                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+            # Policy loss
+            pg_loss1 = -mb_advantages * ratio
+            pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+            pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+            # Value loss
+            newvalue = newvalue.view(-1)
+            if clip_vloss:
+                v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                v_clipped = b_values[mb_inds] + torch.clamp(
+                    newvalue - b_values[mb_inds],
+                    -clip_coef,
+                    clip_coef,
+                )
+                v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+                v_loss = 0.5 * v_loss_max.mean()
+            else:
+                v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+            entropy_loss = entropy.mean()
+            loss = pg_loss - ent_coef * entropy_loss + v_loss * vf_coef
+
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
+            optimizer.step()
+
+        if target_kl is not None and approx_kl > target_kl:
+            break
+
+    y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+    var_y = np.var(y_true)
+    explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+    # TRY NOT TO MODIFY: record rewards for plotting purposes (CleanRL's writer.add_scalar calls, as values)
+    _ = (
+        optimizer.param_groups[0]["lr"],
+        v_loss.item(),
+        pg_loss.item(),
+        entropy_loss.item(),
+        old_approx_kl.item(),
+        approx_kl.item(),
+        np.mean(clipfracs),
+        explained_var,
+    )
+
+
 def cleanrl_ppo_atari(env_id: str = "BreakoutNoFrameskip-v4", updates: int = 1, seed: int = 1) -> dict:
     """CleanRL ppo_atari.py with its default arguments, run for `updates` iterations (of 8 x 128 steps).
 
@@ -368,74 +461,25 @@ def cleanrl_ppo_atari(env_id: str = "BreakoutNoFrameskip-v4", updates: int = 1, 
         b_returns = returns.reshape(-1)
         b_values = values.reshape(-1)
 
-        # Optimizing the policy and value network
-        b_inds = np.arange(batch_size)
-        clipfracs = []
-        for _epoch in range(update_epochs):
-            np.random.shuffle(b_inds)
-            for start in range(0, batch_size, minibatch_size):
-                end = start + minibatch_size
-                mb_inds = b_inds[start:end]
-
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions.long()[mb_inds])
-                logratio = newlogprob - b_logprobs[mb_inds]
-                ratio = logratio.exp()
-
-                with torch.no_grad():
-                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs += [((ratio - 1.0).abs() > clip_coef).float().mean().item()]
-
-                mb_advantages = b_advantages[mb_inds]
-                if norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                # Policy loss
-                pg_loss1 = -mb_advantages * ratio
-                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
-                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-
-                # Value loss
-                newvalue = newvalue.view(-1)
-                if clip_vloss:
-                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(
-                        newvalue - b_values[mb_inds],
-                        -clip_coef,
-                        clip_coef,
-                    )
-                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
-                    v_loss = 0.5 * v_loss_max.mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
-
-                entropy_loss = entropy.mean()
-                loss = pg_loss - ent_coef * entropy_loss + v_loss * vf_coef
-
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
-                optimizer.step()
-
-            if target_kl is not None and approx_kl > target_kl:
-                break
-
-        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-        var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-
-        # TRY NOT TO MODIFY: record rewards for plotting purposes (CleanRL's writer.add_scalar calls, as values)
-        _ = (
-            optimizer.param_groups[0]["lr"],
-            v_loss.item(),
-            pg_loss.item(),
-            entropy_loss.item(),
-            old_approx_kl.item(),
-            approx_kl.item(),
-            np.mean(clipfracs),
-            explained_var,
+        cleanrl_ppo_epochs(
+            agent,
+            optimizer,
+            b_obs,
+            b_logprobs,
+            b_actions,
+            b_advantages,
+            b_returns,
+            b_values,
+            batch_size=batch_size,
+            minibatch_size=minibatch_size,
+            update_epochs=update_epochs,
+            clip_coef=clip_coef,
+            norm_adv=norm_adv,
+            clip_vloss=clip_vloss,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            target_kl=target_kl,
         )
         t_upd += time.perf_counter() - tic
 
@@ -692,74 +736,25 @@ def plain_procgen_loop(
         b_returns = returns.reshape(-1)
         b_values = values.reshape(-1)
 
-        # Optimizing the policy and value network
-        b_inds = np.arange(batch_size)
-        clipfracs = []
-        for _epoch in range(update_epochs):
-            np.random.shuffle(b_inds)
-            for start in range(0, batch_size, minibatch_size):
-                end = start + minibatch_size
-                mb_inds = b_inds[start:end]
-
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions.long()[mb_inds])
-                logratio = newlogprob - b_logprobs[mb_inds]
-                ratio = logratio.exp()
-
-                with torch.no_grad():
-                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs += [((ratio - 1.0).abs() > clip_coef).float().mean().item()]
-
-                mb_advantages = b_advantages[mb_inds]
-                if norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                # Policy loss
-                pg_loss1 = -mb_advantages * ratio
-                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
-                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-
-                # Value loss
-                newvalue = newvalue.view(-1)
-                if clip_vloss:
-                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(
-                        newvalue - b_values[mb_inds],
-                        -clip_coef,
-                        clip_coef,
-                    )
-                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
-                    v_loss = 0.5 * v_loss_max.mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
-
-                entropy_loss = entropy.mean()
-                loss = pg_loss - ent_coef * entropy_loss + v_loss * vf_coef
-
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
-                optimizer.step()
-
-            if target_kl is not None and approx_kl > target_kl:
-                break
-
-        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-        var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-
-        # TRY NOT TO MODIFY: record rewards for plotting purposes (CleanRL's writer.add_scalar calls, as values)
-        _ = (
-            optimizer.param_groups[0]["lr"],
-            v_loss.item(),
-            pg_loss.item(),
-            entropy_loss.item(),
-            old_approx_kl.item(),
-            approx_kl.item(),
-            np.mean(clipfracs),
-            explained_var,
+        cleanrl_ppo_epochs(
+            agent,
+            optimizer,
+            b_obs,
+            b_logprobs,
+            b_actions,
+            b_advantages,
+            b_returns,
+            b_values,
+            batch_size=batch_size,
+            minibatch_size=minibatch_size,
+            update_epochs=update_epochs,
+            clip_coef=clip_coef,
+            norm_adv=norm_adv,
+            clip_vloss=clip_vloss,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            target_kl=target_kl,
         )
         t_upd += time.perf_counter() - tic
 
