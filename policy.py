@@ -307,7 +307,7 @@ class ActorCritic(nn.Module):
         given (evaluation), else from torch's global RNG."""
         features = self.features(obs)
         logits, value = self.heads(features)
-        dist = Categorical(logits=logits)
+        dist = Categorical(logits=logits, validate_args=False)
         if deterministic:
             action = logits.argmax(-1)
         elif generator is not None:
@@ -319,7 +319,7 @@ class ActorCritic(nn.Module):
     def evaluate_actions(self, features: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """features (B, F) -> log-prob (B,), entropy (B,), value (B,) of `actions` under the current policy."""
         logits, value = self.heads(features)
-        dist = Categorical(logits=logits)
+        dist = Categorical(logits=logits, validate_args=False)
         return dist.log_prob(actions), dist.entropy(), value
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
