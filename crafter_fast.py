@@ -7,7 +7,7 @@ calls, then a random draw wherever a branch asks for one. Here every noise field
 whole map at once (compiled with numba, using opensimplex's own `_noise3`), the branch conditions are
 numpy masks, and only the few cells that draw random numbers are visited in crafter's order (x-major),
 consuming `world.random` exactly as crafter does. The result (materials, tunnels, objects and their
-order, and the RNG state afterwards) is bit-identical to crafter's for every seed; tests/test_worldgen.py
+order, and the RNG state afterwards) is bit-identical to crafter's for every seed; tests/test_crafter_fast.py
 checks that against crafter itself.
 
 Drawing (`LocalView`, `ItemView`, installed by `speed_up`): the map under the view is drawn with one
@@ -68,63 +68,28 @@ def _noise_grid(xs: np.ndarray, ys: np.ndarray, z: float, perm: np.ndarray, grad
 
 
 @_jit
-def _mineral_draws(grass, coal, iron, diamond, draws):
-    """Crafter's draws for the cells that may become a tree, coal, iron or diamond, in crafter's order.
-    Returns (per cell: 0 unchanged, 1 tree, 2 coal, 3 iron, 4 diamond; number of draws used)."""
-    found = np.zeros(grass.size, np.int8)
+def _first_success(options, thresholds, draws):
+    """Crafter's `elif cond_1 and uniform() > p_1: ... elif cond_2 and uniform() > p_2: ...` for each cell,
+    in crafter's order: options (K, cells) bool, thresholds (K,) -> (per cell: the option that won, 1..K, or
+    0; number of draws used)."""
+    found = np.zeros(options.shape[1], np.int8)
     used = 0
-    for i in range(grass.size):
-        if grass[i]:
-            used += 1
-            if draws[used - 1] > 0.8:
-                found[i] = 1
-            continue
-        if coal[i]:
-            used += 1
-            if draws[used - 1] > 0.85:
-                found[i] = 2
-                continue
-        if iron[i]:
-            used += 1
-            if draws[used - 1] > 0.75:
-                found[i] = 3
-                continue
-        if diamond[i]:
-            used += 1
-            if draws[used - 1] > 0.994:
-                found[i] = 4
+    for i in range(options.shape[1]):
+        for k in range(options.shape[0]):
+            if options[k, i]:
+                used += 1
+                if draws[used - 1] > thresholds[k]:
+                    found[i] = k + 1
+                    break
     return found, used
 
 
-@_jit
-def _creature_draws(cow_ground, zombie_ground, skeleton_ground, draws):
-    """Crafter's draws for the walkable cells, in crafter's order.
-    Returns (per cell: 0 nothing, 1 cow, 2 zombie, 3 skeleton; number of draws used)."""
-    found = np.zeros(cow_ground.size, np.int8)
-    used = 0
-    for i in range(cow_ground.size):
-        if cow_ground[i]:
-            used += 1
-            if draws[used - 1] > 0.985:
-                found[i] = 1
-                continue
-        if zombie_ground[i]:
-            used += 1
-            if draws[used - 1] > 0.993:
-                found[i] = 2
-                continue
-        if skeleton_ground[i]:
-            used += 1
-            if draws[used - 1] > 0.95:
-                found[i] = 3
-    return found, used
-
-
-def _draw(rng: np.random.RandomState, decide, *conditions: np.ndarray) -> np.ndarray:
-    """Run `decide` on enough pre-drawn uniforms, then leave the RNG exactly where crafter's one-by-one
+def _draw(rng: np.random.RandomState, options: list[np.ndarray], thresholds: tuple[float, ...]) -> np.ndarray:
+    """`_first_success` on enough pre-drawn uniforms, then leave the RNG exactly where crafter's one-by-one
     `uniform()` calls would have left it (the same doubles: legacy uniform() is random_sample())."""
     state = rng.get_state()
-    found, used = decide(*conditions, rng.random_sample(3 * conditions[0].size))
+    options = np.stack(options)
+    found, used = _first_success(options, np.array(thresholds), rng.random_sample(options.size))
     rng.set_state(state)
     rng.random_sample(used)
     return found
@@ -178,10 +143,9 @@ def _set_materials(world, player, simplex: NoiseFields) -> np.ndarray:
     materials[sand] = ids["sand"]
     materials[water_cells] = ids["water"]
     trees = grassland & tree_noise
-    cells = np.nonzero((rock & (coal_noise | iron_noise | diamond_height)) | trees)  # x-major, like crafter
-    found = _draw(
-        world.random, _mineral_draws, trees[cells], coal_noise[cells], iron_noise[cells], diamond_height[cells]
-    )
+    options = [trees, rock & coal_noise, rock & iron_noise, rock & diamond_height]  # crafter's elif order
+    cells = np.nonzero(np.logical_or.reduce(options))  # x-major, like crafter's loops
+    found = _draw(world.random, [option[cells] for option in options], (0.8, 0.85, 0.75, 0.994))
     for code, name in enumerate(("tree", "coal", "iron", "diamond"), start=1):
         materials[cells[0][found == code], cells[1][found == code]] = ids[name]
     world._mat_map[:] = materials
@@ -193,9 +157,8 @@ def _set_objects(world, player, tunnels: np.ndarray) -> None:
     grass, path, sand = (world._mat_map == world._mat_ids[name] for name in ("grass", "path", "sand"))
     walkable = grass | path | sand
     cells = np.nonzero(walkable)  # x-major, like crafter's loop
-    found = _draw(
-        world.random, _creature_draws, ((distance > 3) & grass)[cells], (distance > 10)[cells], (path & tunnels)[cells]
-    )
+    options = [(distance > 3) & grass, distance > 10, path & tunnels]  # cow, zombie, skeleton
+    found = _draw(world.random, [option[cells] for option in options], (0.985, 0.993, 0.95))
     for x, y, code in zip(*(index.tolist() for index in cells), found.tolist(), strict=True):
         if code == 1:
             world.add(objects.Cow(world, (x, y)))

@@ -233,16 +233,20 @@ class AtariAgent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
 
 
-def cleanrl_ppo_epochs(
+def cleanrl_update(
     agent,
     optimizer,
-    b_obs,
-    b_logprobs,
-    b_actions,
-    b_advantages,
-    b_returns,
-    b_values,
+    next_obs,
+    next_done,
+    obs,
+    logprobs,
+    actions,
+    rewards,
+    dones,
+    values,
     *,
+    gamma: float,
+    gae_lambda: float,
     batch_size: int,
     minibatch_size: int,
     update_epochs: int,
@@ -254,7 +258,33 @@ def cleanrl_ppo_epochs(
     max_grad_norm: float,
     target_kl: float | None,
 ) -> None:
-    """The PPO epochs of CleanRL's ppo_atari.py and ppo_procgen.py (identical in both scripts), verbatim."""
+    """GAE, flattening and the PPO epochs of CleanRL's ppo_atari.py and ppo_procgen.py (identical in both
+    scripts), verbatim."""
+    num_steps, device = rewards.shape[0], rewards.device
+    # bootstrap value if not done
+    with torch.no_grad():
+        next_value = agent.get_value(next_obs).reshape(1, -1)
+        advantages = torch.zeros_like(rewards).to(device)
+        lastgaelam = 0
+        for t in reversed(range(num_steps)):
+            if t == num_steps - 1:
+                nextnonterminal = 1.0 - next_done
+                nextvalues = next_value
+            else:
+                nextnonterminal = 1.0 - dones[t + 1]
+                nextvalues = values[t + 1]
+            delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+            advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+        returns = advantages + values
+
+    # flatten the batch
+    b_obs = obs.reshape((-1,) + obs.shape[2:])
+    b_logprobs = logprobs.reshape(-1)
+    b_actions = actions.reshape(-1)
+    b_advantages = advantages.reshape(-1)
+    b_returns = returns.reshape(-1)
+    b_values = values.reshape(-1)
+
     # Optimizing the policy and value network
     b_inds = np.arange(batch_size)
     clipfracs = []
@@ -437,39 +467,19 @@ def cleanrl_ppo_atari(env_id: str = "BreakoutNoFrameskip-v4", updates: int = 1, 
                     episodic_returns.append((global_step, float(final["episode"]["r"][i])))
 
         tic = time.perf_counter()
-        # bootstrap value if not done
-        with torch.no_grad():
-            next_value = agent.get_value(next_obs).reshape(1, -1)
-            advantages = torch.zeros_like(rewards).to(device)
-            lastgaelam = 0
-            for t in reversed(range(num_steps)):
-                if t == num_steps - 1:
-                    nextnonterminal = 1.0 - next_done
-                    nextvalues = next_value
-                else:
-                    nextnonterminal = 1.0 - dones[t + 1]
-                    nextvalues = values[t + 1]
-                delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
-                advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
-            returns = advantages + values
-
-        # flatten the batch
-        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
-        b_logprobs = logprobs.reshape(-1)
-        b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
-        b_advantages = advantages.reshape(-1)
-        b_returns = returns.reshape(-1)
-        b_values = values.reshape(-1)
-
-        cleanrl_ppo_epochs(
+        cleanrl_update(
             agent,
             optimizer,
-            b_obs,
-            b_logprobs,
-            b_actions,
-            b_advantages,
-            b_returns,
-            b_values,
+            next_obs,
+            next_done,
+            obs,
+            logprobs,
+            actions,
+            rewards,
+            dones,
+            values,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
             batch_size=batch_size,
             minibatch_size=minibatch_size,
             update_epochs=update_epochs,
@@ -712,39 +722,19 @@ def plain_procgen_loop(
             next_obs, next_done = torch.Tensor(ob["rgb"]).to(device), torch.Tensor(first).to(device)
 
         tic = time.perf_counter()
-        # bootstrap value if not done
-        with torch.no_grad():
-            next_value = agent.get_value(next_obs).reshape(1, -1)
-            advantages = torch.zeros_like(rewards).to(device)
-            lastgaelam = 0
-            for t in reversed(range(num_steps)):
-                if t == num_steps - 1:
-                    nextnonterminal = 1.0 - next_done
-                    nextvalues = next_value
-                else:
-                    nextnonterminal = 1.0 - dones[t + 1]
-                    nextvalues = values[t + 1]
-                delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
-                advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
-            returns = advantages + values
-
-        # flatten the batch
-        b_obs = obs.reshape((-1,) + obs_shape)
-        b_logprobs = logprobs.reshape(-1)
-        b_actions = actions.reshape(-1)
-        b_advantages = advantages.reshape(-1)
-        b_returns = returns.reshape(-1)
-        b_values = values.reshape(-1)
-
-        cleanrl_ppo_epochs(
+        cleanrl_update(
             agent,
             optimizer,
-            b_obs,
-            b_logprobs,
-            b_actions,
-            b_advantages,
-            b_returns,
-            b_values,
+            next_obs,
+            next_done,
+            obs,
+            logprobs,
+            actions,
+            rewards,
+            dones,
+            values,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
             batch_size=batch_size,
             minibatch_size=minibatch_size,
             update_epochs=update_epochs,
