@@ -90,11 +90,11 @@ class RolloutBuffer:
     ):
         self.num_steps, self.num_envs, self.device = num_steps, num_envs, device
         shape = (num_steps, num_envs)
-        self.stacks = None
+        self.inputs: torch.Tensor | StackedFrames
         if feature_dim is not None:
             self.inputs = torch.zeros(shape + (feature_dim,), device=device)
         elif frame_channels and obs_shape[0] > frame_channels:
-            self.stacks = self.inputs = StackedFrames(num_steps, num_envs, obs_shape, frame_channels, device)
+            self.inputs = StackedFrames(num_steps, num_envs, obs_shape, frame_channels, device)
         else:
             self.inputs = torch.zeros(shape + tuple(obs_shape), dtype=torch.uint8, device=device)
         self.actions = torch.zeros(shape, dtype=torch.long, device=device)
@@ -122,8 +122,8 @@ class RolloutBuffer:
         bootstrap: torch.Tensor,
     ) -> None:
         """Store step t of every env: the obs (or its features) acted on and what followed."""
-        if self.stacks is not None:
-            self.stacks.add(t, inputs)
+        if isinstance(self.inputs, StackedFrames):
+            self.inputs.add(t, inputs)
         else:
             self.inputs[t] = inputs
         self.actions[t] = actions
@@ -151,7 +151,8 @@ class RolloutBuffer:
         """One pass over the flattened rollout in random minibatches."""
         order = torch.randperm(self.batch_size, generator=generator).to(self.device)
         flat = lambda x: x.reshape(self.batch_size, *x.shape[2:])  # noqa: E731
-        inputs = self.stacks.gather if self.stacks is not None else flat(self.inputs).__getitem__
+        stacked = isinstance(self.inputs, StackedFrames)
+        inputs = self.inputs.gather if stacked else flat(self.inputs).__getitem__
         actions, logprobs, values = flat(self.actions), flat(self.logprobs), flat(self.values)
         advantages, returns = flat(self.advantages), flat(self.returns)
         for idx in order.chunk(num_minibatches):

@@ -693,12 +693,14 @@ def collect_rollout(
     scaler: RewardScaler,
     timing: dict[str, float],
     should_stop=lambda: False,
+    to_device: HostToDevice | None = None,
 ) -> tuple[np.ndarray, list, bool]:
-    """Fill `buffer` with num_steps steps of every env, starting from `obs`.
+    """Fill `buffer` with num_steps steps of every env, starting from `obs`; `to_device` keeps its pinned
+    buffers from one rollout to the next.
     -> (next obs, finished episodes, whether the rollout is complete; not when `should_stop()` cut it)."""
     policy.eval()
     episodes = []
-    to_device = HostToDevice(buffer.device)
+    to_device = to_device or HostToDevice(buffer.device)
     for t in range(buffer.num_steps):
         if should_stop():
             return obs, episodes, False
@@ -801,6 +803,7 @@ class Trainer:
             self.policy.backbone.compile()  # in place: checkpoints keep the plain parameter names
         self.ppo = PPO(self.policy, cfg, seed=cfg.seed)
         self.buffer = make_buffer(cfg, self.policy, self.envs, self.device)
+        self.to_device = HostToDevice(self.device)
         self.scaler = RewardScaler(reward_mode(cfg), cfg.num_envs, cfg.gamma)
         self.history = EvalHistory(self.logdir)
         self.episodes = EpisodeLog()
@@ -929,7 +932,7 @@ class Trainer:
         lr = learning_rate(cfg, self.update / cfg.num_updates)
         self.ppo.set_lr(lr)
         self.obs, finished, complete = collect_rollout(
-            self.envs, self.policy, self.buffer, self.obs, self.scaler, self.timing, stop
+            self.envs, self.policy, self.buffer, self.obs, self.scaler, self.timing, stop, self.to_device
         )
         self.episodes.add(finished)
         if not complete:
