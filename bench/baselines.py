@@ -1,7 +1,8 @@
 """Baseline PPO training loops that bench/throughput.py measures our trainer against, side by side.
 
 `python bench/baselines.py atari|procgen --updates N` prints one JSON object:
-`{"steps_per_s", "steps", "seconds", "seconds_split": {"env", "inference", "update"}}`.
+`{"steps_per_s", "steps", "seconds", "seconds_split": {"env", "inference", "update"}, "episodes"}`; `episodes`
+lists every finished full game as [global_step, raw return] (procgen: [global_step, return, length]).
 
 - `cleanrl_ppo_atari`: CleanRL's ppo_atari.py, wrapped in a function, on gymnasium 1.4 + ale_py 0.12.
   Source: https://github.com/vwxyzjn/cleanrl/blob/master/cleanrl/ppo_atari.py
@@ -495,7 +496,7 @@ def cleanrl_ppo_atari(env_id: str = "BreakoutNoFrameskip-v4", updates: int = 1, 
 
     seconds = time.perf_counter() - start_time
     envs.close()
-    return _split_result(global_step, seconds, t_env, seconds - t_env - t_upd, t_upd)
+    return _split_result(global_step, seconds, t_env, seconds - t_env - t_upd, t_upd) | {"episodes": episodic_returns}
 
 
 # ---------------------------------------------------------------------------------------- Procgen
@@ -749,7 +750,7 @@ def plain_procgen_loop(
         t_upd += time.perf_counter() - tic
 
     seconds = time.perf_counter() - start_time
-    return _split_result(global_step, seconds, t_env, seconds - t_env - t_upd, t_upd)
+    return _split_result(global_step, seconds, t_env, seconds - t_env - t_upd, t_upd) | {"episodes": episodic_returns}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,0 +1,213 @@
+"""Learning curves at equal steps: pixelppo against baselines and published figures.
+
+`python bench/learning.py atari-breakout --seeds 1 2 --steps 300000 --parallel 2` trains every system of the
+experiment for every seed in fresh processes (logs under logs/learning/<experiment>/), then writes
+bench/results/<experiment>.json (the table: final metric per run, mean and spread per system) and
+bench/results/<experiment>.png (the curves). Runs already finished are read back, not run again; a stopped
+pixelppo run is continued with --resume, so an experiment can be spread over several sessions.
+
+Experiments:
+- atari-breakout: `--preset atari-cleanrl` against CleanRL's ppo_atari.py (bench/baselines.py); both follow the
+  10M-step recipe (the learning rate anneals over 10M steps) and stop at --steps. Metric: mean raw full-game
+  return of the last 100 training episodes.
+- crafter: small trained CNNs and the default run's frozen backbone (random and pretrained EfficientNet-Lite0
+  features) and crafter-moon. Metric: Crafter score over all training episodes (the published protocol).
+- procgen-starpilot: `--preset procgen-official` against a plain PyTorch loop over ProcgenGym3Env with the same
+  settings (bench/baselines.py). Metric: mean return of the last 100 training episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGS = ROOT / "logs" / "learning"
+RESULTS = ROOT / "bench" / "results"
+QUIET = ["--wandb-mode", "disabled", "--no-eval-video", "--progress-interval", "120"]
+
+# Published or measured reference lines drawn beside the curves: (label, value).
+REFERENCES = {
+    "crafter": [("random 1.6%", 1.6), ("PPO, Hafner 2021: 4.6%", 4.6), ("Moon et al. 2023: 15.6%", 15.6)],
+}
+
+
+@dataclass
+class System:
+    """One way of training: pixelppo flags, or a baseline in bench/baselines.py."""
+
+    name: str
+    train_args: list[str] | None = None  # pixelppo: train.py flags (--steps/--stop-after/--seed/--logdir added)
+    baseline: list[str] | None = None  # baselines.py arguments (--updates and --seed added)
+    batch: int = 1024  # the baseline's steps per update
+
+
+EXPERIMENTS: dict[str, dict] = {
+    "atari-breakout": {
+        "metric": "return_last_100",
+        "systems": [
+            System("pixelppo", ["--preset", "atari-cleanrl", "--env", "atari/Breakout", "--steps", "10000000"]),
+            System("cleanrl", baseline=["atari", "--env-id", "BreakoutNoFrameskip-v4"], batch=8 * 128),
+        ],
+    },
+    "crafter": {
+        "metric": "crafter_score",
+        "systems": [
+            System(
+                "nature_cnn",
+                [
+                    "--backbone",
+                    "nature_cnn",
+                    "--no-pretrained",
+                    "--no-freeze-backbone",
+                    "--num-envs",
+                    "16",
+                    "--head-hidden",
+                    "0",
+                ],
+            ),  # fmt: skip
+            System("frozen_random_effnetv2s", ["--no-pretrained"]),
+            System("frozen_lite0_imagenet", ["--backbone", "tf_efficientnet_lite0", "--pretrained-file", "LITE0"]),
+            System("crafter_moon", ["--preset", "crafter-moon"]),
+        ],
+    },
+    "procgen-starpilot": {
+        "metric": "return_last_100",
+        "systems": [
+            System("pixelppo", ["--preset", "procgen-official", "--env", "procgen/starpilot"]),
+            System("plain_loop", baseline=["procgen", "--game", "starpilot"], batch=64 * 256),
+        ],
+    },
+}
+
+
+def lite0_weights() -> str:
+    """EfficientNet-Lite0's ImageNet weights under timm names (weights.py), written once."""
+    path = LOGS / "tf_efficientnet_lite0_imagenet.pth"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(ROOT / "weights.py"), "efficientnet_lite0", str(path)], check=True)
+    return str(path)
+
+
+def rolling_last_100(episodes: list, steps: list[int]) -> list[float | None]:
+    """Mean return of the last 100 episodes finished by each step; episodes are [step, return, ...]."""
+    ends = np.array([e[0] for e in episodes])
+    returns = np.array([e[1] for e in episodes])
+    out = []
+    for step in steps:
+        done = returns[ends <= step][-100:]
+        out.append(float(done.mean()) if len(done) else None)
+    return out
+
+
+def run_pixelppo(system: System, seed: int, steps: int, logdir: Path, threads: str, metric: str) -> dict:
+    args = [a if a != "LITE0" else lite0_weights() for a in system.train_args]
+    if (logdir / "last.pth").exists():
+        cmd = ["--resume", str(logdir), "--stop-after", str(steps)]
+    else:
+        cmd = [*args, *QUIET, "--seed", str(seed), "--stop-after", str(steps), "--logdir", str(logdir)]
+        if "--steps" not in args:
+            cmd += ["--steps", str(steps)]
+    env = os.environ | {"OMP_NUM_THREADS": threads}
+    with open(logdir.parent / f"{logdir.name}.log", "a") as log:
+        subprocess.run([sys.executable, str(ROOT / "train.py"), *cmd], stdout=log, stderr=log, env=env, check=True)
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    key = {"return_last_100": "charts/return_last_100", "crafter_score": "crafter/score"}[metric]
+    curve = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    summary = json.loads((logdir / "summary.json").read_text())
+    return {"steps": summary["global_step"], "sps": summary["sps"], "curve": curve, "final": curve[-1][1]}
+
+
+def run_baseline(system: System, seed: int, steps: int, logdir: Path, threads: str, metric: str) -> dict:
+    updates = -(-steps // system.batch)
+    cmd = [sys.executable, str(ROOT / "bench" / "baselines.py"), *system.baseline, "--updates", str(updates)]
+    env = os.environ | {"OMP_NUM_THREADS": threads}
+    out = subprocess.run([*cmd, "--seed", str(seed)], capture_output=True, text=True, env=env, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    logdir.mkdir(parents=True, exist_ok=True)
+    (logdir / "baseline.json").write_text(json.dumps(result))
+    grid = list(range(system.batch, result["steps"] + 1, system.batch))
+    curve = [(s, v) for s, v in zip(grid, rolling_last_100(result["episodes"], grid), strict=True) if v is not None]
+    return {"steps": result["steps"], "sps": result["steps_per_s"], "curve": curve, "final": curve[-1][1]}
+
+
+def run_one(system: System, seed: int, steps: int, folder: Path, threads: str, metric: str) -> dict:
+    logdir = folder / f"{system.name}_seed{seed}"
+    done = logdir / "result.json"
+    if done.exists() and json.loads(done.read_text())["steps"] >= steps:
+        return json.loads(done.read_text())
+    print(f"running {logdir.name} for {steps:,} steps", flush=True)
+    runner = run_pixelppo if system.train_args is not None else run_baseline
+    result = {"system": system.name, "seed": seed} | runner(system, seed, steps, logdir, threads, metric)
+    done.write_text(json.dumps(result))
+    print(f"{logdir.name}: {result['final']:.2f} at {result['steps']:,} steps ({result['sps']:.0f} sps)", flush=True)
+    return result
+
+
+def summarize(name: str, runs: list[dict], steps: int) -> dict:
+    table = {}
+    for system in dict.fromkeys(r["system"] for r in runs):
+        finals = [r["final"] for r in runs if r["system"] == system]
+        table[system] = {"mean": float(np.mean(finals)), "min": min(finals), "max": max(finals), "runs": finals}
+    return {"experiment": name, "metric": EXPERIMENTS[name]["metric"], "steps": steps, "table": table, "runs": runs}
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for system in summary["table"]:
+        for i, run in enumerate(r for r in summary["runs"] if r["system"] == system):
+            steps, values = zip(*run["curve"], strict=True)
+            color = f"C{list(summary['table']).index(system)}"
+            ax.plot(steps, values, color=color, alpha=0.8, label=system if i == 0 else None)
+    for label, value in REFERENCES.get(summary["experiment"].split("-")[0], []):
+        ax.axhline(value, ls="--", lw=0.8, color="gray")
+        ax.text(0, value, label, fontsize=7, va="bottom")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(summary["metric"].replace("_", " "))
+    ax.set_title(f"{summary['experiment']}: every seed, {summary['steps']:,} steps")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", type=int, required=True, help="environment steps per run")
+    parser.add_argument("--systems", nargs="*", help="only these systems (default: all of the experiment)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (each gets cores / parallel threads)")
+    args = parser.parse_args(argv)
+    experiment = EXPERIMENTS[args.experiment]
+    systems = [s for s in experiment["systems"] if not args.systems or s.name in args.systems]
+    folder = LOGS / args.experiment
+    folder.mkdir(parents=True, exist_ok=True)
+    threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
+    jobs = [(system, seed) for seed in args.seeds for system in systems]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        runs = list(pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment["metric"]), jobs))
+    summary = summarize(args.experiment, runs, args.steps)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.experiment}.json").write_text(json.dumps(summary, indent=1))
+    plot(summary, RESULTS / f"{args.experiment}.png")
+    print(json.dumps({k: v for k, v in summary["table"].items()}, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
