@@ -13,9 +13,10 @@ from policy import ActorCritic
 
 
 class PPOSettings(Protocol):
-    """The PPO fields of train.Config, the one dataclass that holds every hyperparameter."""
+    """The PPO fields of config.Config, the one dataclass that holds every hyperparameter."""
 
     lr: float
+    lr_schedule: str
     update_epochs: int
     num_minibatches: int
     clip_coef: float
@@ -24,7 +25,17 @@ class PPOSettings(Protocol):
     vf_coef: float
     max_grad_norm: float
     target_kl: float | None
-    norm_adv: bool
+    adv_norm: str
+    adam_eps: float
+
+
+def scheduled_lr(hp: PPOSettings, progress: float) -> float:
+    """The learning rate at `progress` in [0, 1) of training."""
+    if hp.lr_schedule == "linear":
+        return hp.lr * (1.0 - progress)
+    if hp.lr_schedule == "cosine":
+        return hp.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return hp.lr
 
 
 def ppo_loss(
@@ -40,7 +51,7 @@ def ppo_loss(
     """All tensors (B,). Returns the total loss and its pieces (detached)."""
     logratio = new_logprob - old_logprob
     ratio = logratio.exp()
-    if hp.norm_adv and advantages.numel() > 1:
+    if hp.adv_norm == "minibatch" and advantages.numel() > 1:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
     # clipped surrogate objective, as a loss: max of the two negated terms
@@ -80,7 +91,7 @@ class PPO:
         self.policy = policy
         self.hp = hp
         self.params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=hp.lr, eps=1e-5)
+        self.optimizer = torch.optim.Adam(self.params, lr=hp.lr, eps=hp.adam_eps)
         self.generator = torch.Generator().manual_seed(seed)
 
     def set_lr(self, lr: float) -> None:
@@ -91,6 +102,9 @@ class PPO:
         """-> mean of each loss piece over the applied minibatches, plus grad norm, explained variance and
         how many minibatches were skipped for a non-finite loss or gradient (they never touch the weights)."""
         self.policy.train()
+        if self.hp.adv_norm == "batch":
+            buffer.normalize_advantages()
+        normalizer = self.policy.value_normalizer
         sums: dict[str, torch.Tensor] = {}  # summed on the device, read once at the end
         applied = skipped = epochs = 0
         while epochs < self.hp.update_epochs:
@@ -99,8 +113,12 @@ class PPO:
             for mb in buffer.minibatches(self.hp.num_minibatches, self.generator):
                 features = mb.inputs if self.policy.caches_features else self.policy.features(mb.inputs)
                 new_logprob, entropy, new_value = self.policy.evaluate_actions(features, mb.actions)
+                old_values, returns = mb.values, mb.returns
+                if normalizer is not None:  # the head predicts normalized returns (Moon et al.'s ScaledMSEHead)
+                    normalizer.update(returns)
+                    old_values, returns = normalizer.normalize(old_values), normalizer.normalize(returns)
                 loss, pieces = ppo_loss(
-                    new_logprob, entropy, new_value, mb.logprobs, mb.values, mb.advantages, mb.returns, self.hp
+                    new_logprob, entropy, new_value, mb.logprobs, old_values, mb.advantages, returns, self.hp
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

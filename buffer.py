@@ -147,6 +147,10 @@ class RolloutBuffer:
             next_value = self.values[t]
         self.returns = self.advantages + self.values
 
+    def normalize_advantages(self) -> None:
+        """Advantages to zero mean and unit std over the whole rollout (returns stay as computed)."""
+        self.advantages = (self.advantages - self.advantages.mean()) / (self.advantages.std() + 1e-8)
+
     def minibatches(self, num_minibatches: int, generator: torch.Generator | None = None) -> Iterator[Minibatch]:
         """One pass over the flattened rollout in random minibatches."""
         order = torch.randperm(self.batch_size, generator=generator).to(self.device)
@@ -189,13 +193,19 @@ class RewardScaler:
         self.stats = RunningMeanStd()
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
-        """rewards (N,) raw, dones (N,) episode ended at this step -> scaled rewards (N,) float32."""
-        if self.mode == "sign":
-            return np.sign(rewards).astype(np.float32)
+        """rewards (N,) raw, dones (N,) episode ended at this step -> scaled rewards (N,) float32; updates the
+        running statistics of the discounted return first."""
         if self.mode == "normalize":
             self.discounted = self.discounted * self.gamma + rewards
             self.stats.update(self.discounted)
             self.discounted[dones] = 0.0
+        return self.scale(rewards)
+
+    def scale(self, rewards: np.ndarray) -> np.ndarray:
+        """The transform alone, with the statistics as they are (evaluation's value analysis uses it too)."""
+        if self.mode == "sign":
+            return np.sign(rewards).astype(np.float32)
+        if self.mode == "normalize":
             scaled = rewards / np.sqrt(self.stats.var + 1e-8)
             return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
         return rewards.astype(np.float32)

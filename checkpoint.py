@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from env import UsageError
+from errors import UsageError
 
 FORMAT = "pixelppo-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: policies with feature normalization, a shared trunk and value normalization
 REQUIRED_KEYS = ("config", "policy_spec", "model", "global_step")
 
 
@@ -74,7 +76,55 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} is not a pixelppo checkpoint")
     if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
         raise CheckpointError(f"{path} was written by a newer pixelppo (format version {payload.get('version')})")
+    if payload["version"] < VERSION:
+        raise CheckpointError(
+            f"{path} was written by an older pixelppo (format version {payload['version']}, this one reads "
+            f"{VERSION}): its network differs; evaluate it with the pixelppo that trained it"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
     return payload
+
+
+# ------------------------------------------------------------------------- state inside checkpoints
+
+
+def rng_state(minibatch_generator: torch.Generator) -> dict:
+    """Every random number stream of a training process, for an exact resume."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "minibatches": minibatch_generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict, minibatch_generator: torch.Generator) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    minibatch_generator.set_state(state["minibatches"])
+
+
+def to_tensors(tree):
+    """numpy arrays -> tensors, so env state fits a weights_only checkpoint."""
+    if isinstance(tree, dict):
+        return {k: to_tensors(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [to_tensors(v) for v in tree]
+    return torch.from_numpy(tree.copy()) if isinstance(tree, np.ndarray) else tree
+
+
+def to_arrays(tree):
+    """The inverse of `to_tensors`."""
+    if isinstance(tree, dict):
+        return {k: to_arrays(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [to_arrays(v) for v in tree]
+    return tree.numpy() if isinstance(tree, torch.Tensor) else tree

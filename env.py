@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from errors import UsageError
+
 # Crafter's world generation uses opensimplex, which JIT-compiles with numba when it is installed
 # (~15x faster resets). Cache the compiled code on disk so each worker compiles only once per machine.
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pixelppo-numba"))
@@ -49,12 +51,9 @@ PROCGEN_GAMES = (
     "plunder",
     "starpilot",
 )
+PROCGEN_MODES = ("easy", "hard", "extreme", "memory", "exploration")
 FAMILIES = ("crafter", "procgen", "atari")
 EVAL_SEED_OFFSET = 1_000_003  # eval envs never share seeds with training envs
-
-
-class UsageError(ValueError):
-    """Bad user input (unknown game, impossible sizes, unusable file). CLIs print it on one line, exit 2."""
 
 
 @dataclass
@@ -689,7 +688,7 @@ def make_vec_env(
     if spec.family == "crafter":
         return CrafterVecEnv(num_envs, seed, history_length, num_workers, max_crashes=max_crashes)
     if spec.family == "procgen":
-        if distribution_mode not in ("easy", "hard", "extreme", "memory", "exploration"):
+        if distribution_mode not in PROCGEN_MODES:
             raise UsageError(f"unknown Procgen distribution mode {distribution_mode!r}")
         if start_level < 0 or num_levels < 0:
             raise UsageError("Procgen start_level and num_levels must be >= 0")

@@ -21,13 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agent import explained_variance
+from buffer import RewardScaler
 from checkpoint import CheckpointError, atomic_write, load_checkpoint, resolve_checkpoint_path
-from env import EpisodeStats, UsageError, VecEnv, make_vec_env, parse_env_id
+from config import Config, resolve_device
+from env import EpisodeStats, VecEnv, make_vec_env, parse_env_id
+from errors import UsageError
 from policy import ActorCritic, PolicySpec
 from scores import atari_human_normalized, crafter_score, procgen_normalized, success_rates
 from visuals import LiveView, plot_value_analysis, write_video
 
-UNSEEN_LEVELS = 1000  # unseen Procgen levels in the final test, as the seed project does
+VALIDATION_LEVELS = 1000  # Procgen levels after the training range: model selection during training
 
 
 @dataclass
@@ -135,49 +139,51 @@ def run_episodes(
 # ------------------------------------------------------------------------------ checkpoints to games
 
 
-def unseen_levels(config: dict) -> tuple[int, int]:
-    """Procgen levels never trained on: the block right after the training range (the full level
-    distribution when training used unlimited levels)."""
-    if config["num_levels"] == 0:
+def validation_levels(cfg: Config) -> tuple[int, int]:
+    """Procgen levels that pick `best_model.pth` during training: the block right after the training range
+    (with unlimited training levels, the full distribution). Never the test levels below."""
+    if cfg.num_levels == 0:
         return 0, 0
-    return config["start_level"] + config["num_levels"], UNSEEN_LEVELS
+    return cfg.start_level + cfg.num_levels, VALIDATION_LEVELS
+
+
+TEST_LEVELS = (0, 0)  # Procgen's test set, as in the paper: the full level distribution (num_levels=0)
 
 
 def make_eval_env(
-    config: dict, num_envs: int, seed: int, levels: tuple[int, int] | None = None, num_workers: int | None = None
+    cfg: Config, num_envs: int, seed: int, levels: tuple[int, int] | None = None, num_workers: int | None = None
 ) -> VecEnv:
-    """Evaluation envs for the game and settings a run was trained with (a checkpoint's config);
-    Procgen plays `levels` (start, count), unseen levels by default; Crafter runs in `num_workers`
-    processes (default: one per core)."""
-    start, count = levels if levels is not None else unseen_levels(config)
+    """Evaluation envs for the game and settings a run was trained with; Procgen plays `levels` (start,
+    count), the validation levels by default; Crafter runs in `num_workers` processes (default: one per core)."""
+    start, count = levels if levels is not None else validation_levels(cfg)
     return make_vec_env(
-        config["env"],
+        cfg.env,
         num_envs,
         seed,
-        config["history_length"],
+        cfg.history_length,
         evaluation=True,
-        distribution_mode=config["distribution_mode"],
+        distribution_mode=cfg.distribution_mode,
         start_level=start,
         num_levels=count,
-        repeat_action_probability=config["sticky_actions"],
+        repeat_action_probability=cfg.sticky_actions,
         num_workers=num_workers,
     )
 
 
-def level_sets(config: dict, levels: str) -> dict[str, tuple[int, int] | None]:
-    """The level sets to score: Procgen's training levels and unseen levels; one set elsewhere."""
-    if parse_env_id(config["env"]).family != "procgen":
+def level_sets(cfg: Config, levels: str) -> dict[str, tuple[int, int] | None]:
+    """The level sets to score: Procgen's training levels and its test levels; one set elsewhere."""
+    if cfg.family != "procgen":
         return {"eval": None}
-    return {"train": (config["start_level"], config["num_levels"]), "test": parse_levels(levels, config)}
+    return {"train": (cfg.start_level, cfg.num_levels), "test": parse_levels(levels)}
 
 
-def parse_levels(text: str, config: dict) -> tuple[int, int]:
+def parse_levels(text: str) -> tuple[int, int]:
     if not text:
-        return unseen_levels(config)
+        return TEST_LEVELS
     try:
         start, count = (int(x) for x in text.split(":"))
     except ValueError:
-        raise UsageError(f"--levels {text!r}: expected START:COUNT, e.g. 200:1000") from None
+        raise UsageError(f"--levels {text!r}: expected START:COUNT, e.g. 0:0 (all levels) or 1200:1000") from None
     if start < 0 or count < 0:
         raise UsageError("--levels START:COUNT must be >= 0")
     return start, count
@@ -205,18 +211,13 @@ def check_game_matches(policy: ActorCritic, envs: VecEnv, path: Path) -> None:
 # ---------------------------------------------------------------------------------------- scoring
 
 
-def training_reward_transform(payload: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """The reward transform the value function was trained on (sign clipping, return normalization)."""
-    config = payload["config"]
-    mode = config["reward_scaling"]
-    if mode == "auto":
-        mode = {"atari": "sign", "procgen": "normalize"}.get(parse_env_id(config["env"]).family, "none")
-    if mode == "sign":
-        return np.sign
-    if mode == "normalize":
-        var = payload.get("resume", {}).get("reward_scaler", {}).get("stats", {}).get("var", 1.0)
-        return lambda r: np.clip(r / np.sqrt(var + 1e-8), -10.0, 10.0)
-    return lambda r: r
+def training_reward_transform(cfg: Config, payload: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """The reward transform the value function was trained on (sign clipping, return normalization with the
+    run's statistics at the checkpoint)."""
+    scaler = RewardScaler(cfg.reward_mode, 1, cfg.gamma)
+    if "resume" in payload:
+        scaler.load_state_dict(payload["resume"]["reward_scaler"] | {"discounted": [0.0]})
+    return scaler.scale
 
 
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
@@ -229,26 +230,77 @@ def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
     return out
 
 
-def value_analysis(result: EvalResult, payload: dict) -> tuple[list[np.ndarray], float]:
+def value_analysis(result: EvalResult, cfg: Config, payload: dict) -> tuple[list[np.ndarray], float]:
     """Realized discounted returns of the played episodes (in training reward units) and the explained
     variance of the predicted values."""
-    transform, gamma = training_reward_transform(payload), payload["config"]["gamma"]
-    returns = [discounted_returns(transform(r), gamma) for r in result.rewards]
+    transform = training_reward_transform(cfg, payload)
+    returns = [discounted_returns(transform(r), cfg.gamma) for r in result.rewards]
     g, v = np.concatenate(returns), np.concatenate(result.values)
-    ev = float("nan") if np.var(g) == 0 else float(1 - np.var(g - v) / np.var(g))
-    return returns, ev
+    return returns, explained_variance(torch.from_numpy(v), torch.from_numpy(g))
 
 
-def score(summary: dict, config: dict) -> dict:
+def score(summary: dict, cfg: Config) -> dict:
     """Add the benchmark's normalized score to a summary."""
-    spec = parse_env_id(config["env"])
+    spec = parse_env_id(cfg.env)
     if spec.family == "procgen":
-        summary["normalized_return"] = procgen_normalized(
-            spec.game, config["distribution_mode"], summary["mean_return"]
-        )
+        summary["normalized_return"] = procgen_normalized(spec.game, cfg.distribution_mode, summary["mean_return"])
     elif spec.family == "atari":
         summary["human_normalized"] = atari_human_normalized(spec.game, summary["mean_return"])
     return summary
+
+
+def selection_score(row: dict) -> float:
+    """What picks the best checkpoint: the family's published metric (Crafter score), else the mean return."""
+    return row["crafter_score"] if "crafter_score" in row else row["mean_return"]
+
+
+class EvalStats:
+    """Evaluations as `eval_stats.pkl` (a dict of lists, one entry per evaluation) and `eval_stats.json`, one
+    schema for training's evaluations and evaluate.py's: STAT_KEYS always, SCORE_KEYS where the game has them."""
+
+    STAT_KEYS = (
+        "step",
+        "checkpoint",
+        "set",
+        "episodes",
+        "mean_return",
+        "std_return",
+        "mean_length",
+        "returns",
+        "lengths",
+    )
+    SCORE_KEYS = ("crafter_score", "success_rates", "normalized_return", "human_normalized")
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.stats: dict[str, list] = {k: [] for k in self.STAT_KEYS}
+
+    def load(self, up_to_step: int) -> None:
+        """Continue a resumed run's history, without evaluations made after its checkpoint."""
+        path = self.folder / "eval_stats.json"
+        if path.exists():
+            stats = json.loads(path.read_text())
+            keep = [i for i, step in enumerate(stats["step"]) if step <= up_to_step]
+            self.stats = {k: [v[i] for i in keep] for k, v in stats.items()}
+
+    def add(self, row: dict) -> None:
+        """Append one evaluation (a row of `eval_row`) and rewrite both files atomically."""
+        for key in self.STAT_KEYS + tuple(k for k in self.SCORE_KEYS if k in row):
+            self.stats.setdefault(key, []).append(row[key])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.folder / "eval_stats.pkl", lambda f: pickle.dump(self.stats, f))
+        atomic_write(self.folder / "eval_stats.json", lambda f: f.write(json.dumps(self.stats, indent=1).encode()))
+
+
+def eval_row(result: EvalResult, cfg: Config, step: int, set_name: str, checkpoint: str | None = None) -> dict:
+    """One evaluation as a row of EvalStats: summary, published scores, every episode's return and length."""
+    return score(result.summary(), cfg) | {
+        "step": step,
+        "checkpoint": checkpoint,
+        "set": set_name,
+        "returns": result.returns,
+        "lengths": result.lengths,
+    }
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -272,17 +324,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"unknown --device {name!r}") from e
-
-
 def progress_bar(total: int, desc: str):
     """A tqdm bar on an interactive terminal; silent in logs."""
     from tqdm import tqdm
@@ -293,12 +334,11 @@ def progress_bar(total: int, desc: str):
 def evaluate_checkpoint(path: Path, args: argparse.Namespace, device: torch.device, out: Path, viewer) -> list[dict]:
     """Score one checkpoint on each of its level sets; -> one row per set."""
     payload = load_checkpoint(path, map_location=device)
-    config = payload["config"]
-    parse_env_id(config["env"])
+    cfg = Config.from_checkpoint(payload["config"], str(path))
     policy = load_policy(payload, device)
     rows = []
-    for set_name, levels in level_sets(config, args.levels).items():
-        with make_eval_env(config, min(args.num_envs, args.episodes), args.seed, levels) as envs:
+    for set_name, levels in level_sets(cfg, args.levels).items():
+        with make_eval_env(cfg, min(args.num_envs, args.episodes), args.seed, levels) as envs:
             check_game_matches(policy, envs, path)
             start = time.time()
             with progress_bar(args.episodes, f"{path.name} {set_name}") as bar:
@@ -319,14 +359,9 @@ def evaluate_checkpoint(path: Path, args: argparse.Namespace, device: torch.devi
                     args.analyze_value,
                     on_step,
                 )
-        row = score(result.summary(), config) | {
-            "checkpoint": str(path),
-            "env": config["env"],
-            "global_step": payload["global_step"],
-            "set": set_name,
+        row = eval_row(result, cfg, payload["global_step"], set_name, str(path)) | {
+            "env": cfg.env,
             "levels": list(levels) if levels else None,
-            "returns": result.returns,
-            "lengths": result.lengths,
             "deterministic": args.deterministic,
             "seconds": round(time.time() - start, 1),
         }
@@ -334,7 +369,7 @@ def evaluate_checkpoint(path: Path, args: argparse.Namespace, device: torch.devi
         if args.record:
             row["video"] = str(write_video(result.frames, out / f"{stem}.mp4"))
         if args.analyze_value:
-            returns, ev = value_analysis(result, payload)
+            returns, ev = value_analysis(result, cfg, payload)
             row["value_explained_variance"] = ev
             row["value_plot"] = str(
                 plot_value_analysis(
@@ -342,7 +377,7 @@ def evaluate_checkpoint(path: Path, args: argparse.Namespace, device: torch.devi
                     returns,
                     ev,
                     out / f"{stem}_value.png",
-                    f"{config['env']} @ {payload['global_step']:,}",
+                    f"{cfg.env} @ {payload['global_step']:,}",
                 )
             )
         rows.append(row)
@@ -357,7 +392,7 @@ def format_table(rows: list[dict]) -> str:
         norm = r.get("normalized_return", r.get("human_normalized"))
         ret = f"{r['mean_return']:.2f} +- {r['std_return']:.2f}"
         lines.append(
-            f"{r['checkpoint'][-40:]:<40} {r['global_step']:>11,} {r['set']:<6} {r['episodes']:>4} {ret:>17} "
+            f"{r['checkpoint'][-40:]:<40} {r['step']:>11,} {r['set']:<6} {r['episodes']:>4} {ret:>17} "
             f"{r['mean_length']:>9.1f} {'' if norm is None else f'{norm:.3f}':>10}"
         )
         if "crafter_score" in r:
@@ -373,15 +408,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_results(rows: list[dict], out: Path) -> None:
-    """results.json and the seed's eval_stats.pkl (a dict of lists, one entry per checkpoint and set)."""
+    """results.json (every row in full) and eval_stats.pkl / .json (EvalStats: one entry per checkpoint and set)."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.json", lambda f: f.write(json.dumps(rows, indent=2).encode()))
-    keys = ("checkpoint", "global_step", "set", "mean_return", "std_return", "mean_length", "returns", "lengths")
-    stats = {k: [r[k] for r in rows] for k in keys}
-    for extra in ("crafter_score", "success_rates", "normalized_return", "human_normalized"):
-        if any(extra in r for r in rows):
-            stats[extra] = [r.get(extra) for r in rows]
-    atomic_write(out / "eval_stats.pkl", lambda f: pickle.dump(stats, f))
+    stats = EvalStats(out)
+    for row in rows:
+        stats.add(row)
 
 
 def main(argv: list[str] | None = None) -> int:

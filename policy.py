@@ -11,6 +11,7 @@ import os
 import socket
 import warnings
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from typing import NamedTuple
 
 import timm
@@ -19,8 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch.distributions import Categorical
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
-from env import UsageError
+from errors import UsageError
 
 
 def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
@@ -51,13 +54,65 @@ default_cfgs = generate_default_cfgs(
     {
         "nature_cnn": _pixel_cfg(first_conv="convs.0", input_size=(4, 84, 84)),
         "impala_cnn": _pixel_cfg(first_conv="stages.0.conv"),
-        "impala_cnn_wide": _pixel_cfg(first_conv="stages.0.conv"),
+        "impala_cnn_moon": _pixel_cfg(first_conv="stages.0.conv"),
     }
 )
 
 
+def glorot_init(module: nn.Module) -> nn.Module:
+    """TensorFlow 1's default layer init (glorot uniform, zero bias), as in openai/baselines' IMPALA CNN."""
+    nn.init.xavier_uniform_(module.weight)
+    nn.init.zeros_(module.bias)
+    return module
+
+
+def fan_in_init(module: nn.Module, scale: float) -> nn.Module:
+    """Moon et al.'s init: PyTorch's default init with each output unit's weights rescaled to L2 norm `scale`."""
+    with torch.no_grad():
+        module.weight *= scale / module.weight.norm(dim=tuple(range(1, module.weight.ndim)), p=2, keepdim=True)
+        if module.bias is not None:
+            module.bias.zero_()
+    return module
+
+
+class InitLazyLinear(nn.LazyLinear):
+    """A LazyLinear (input size known at the first forward) that applies `init` once its weights exist."""
+
+    def __init__(self, out_features: int, init, bias: bool = True):
+        self.init = init
+        super().__init__(out_features, bias=bias)
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.in_features != 0:
+            super().reset_parameters()  # PyTorch's default init first: fan_in_init rescales it
+            self.init(self)
+
+
+class LazyLayerNorm(LazyModuleMixin, nn.LayerNorm):
+    """A LayerNorm over the last dimension whose size is read from the first input."""
+
+    cls_to_become = nn.LayerNorm
+
+    def __init__(self):
+        super().__init__(0)
+        self.weight, self.bias = UninitializedParameter(), UninitializedParameter()
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.normalized_shape != (0,):
+            super().reset_parameters()
+
+    def initialize_parameters(self, x: torch.Tensor) -> None:
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                self.normalized_shape = (x.shape[-1],)
+                self.weight.materialize(self.normalized_shape)
+                self.bias.materialize(self.normalized_shape)
+                self.reset_parameters()
+
+
 class NatureCNN(nn.Module):
-    """The DQN Nature CNN (Mnih et al. 2015): 3 convs then a 512-d dense layer with ReLU."""
+    """The DQN Nature CNN (Mnih et al. 2015) with CleanRL's init: 3 convs then a 512-d dense layer with ReLU,
+    all orthogonal with gain sqrt(2) and zero bias."""
 
     def __init__(self, in_chans: int = 4, num_classes: int = 0, feature_dim: int = 512, **_):
         super().__init__()
@@ -70,7 +125,7 @@ class NatureCNN(nn.Module):
             nn.ReLU(),
             nn.Flatten(),
         )
-        self.fc = nn.LazyLinear(feature_dim)  # input size depends on the frame size
+        self.fc = InitLazyLinear(feature_dim, orthogonal_init)  # input size depends on the frame size
         self.num_features = feature_dim
         self.head = nn.Linear(feature_dim, num_classes) if num_classes else nn.Identity()
 
@@ -82,10 +137,12 @@ class NatureCNN(nn.Module):
 
 
 class ResidualBlock(nn.Module):
+    """openai/baselines' pre-activation block: x + conv(relu(conv(relu(x))))."""
+
     def __init__(self, channels: int):
         super().__init__()
-        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv0 = glorot_init(nn.Conv2d(channels, channels, 3, padding=1))
+        self.conv1 = glorot_init(nn.Conv2d(channels, channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv1(F.relu(self.conv0(F.relu(x))))
@@ -96,7 +153,7 @@ class ImpalaStage(nn.Module):
 
     def __init__(self, in_chans: int, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(in_chans, channels, 3, padding=1)
+        self.conv = glorot_init(nn.Conv2d(in_chans, channels, 3, padding=1))
         self.blocks = nn.Sequential(ResidualBlock(channels), ResidualBlock(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +161,8 @@ class ImpalaStage(nn.Module):
 
 
 class ImpalaCNN(nn.Module):
-    """IMPALA ResNet: three stages, ReLU, flatten, dense layer with ReLU."""
+    """IMPALA ResNet as in openai/baselines (the Procgen paper's network): three stages [16, 32, 32], ReLU,
+    flatten, dense 256 with ReLU; glorot-uniform init, zero biases."""
 
     def __init__(
         self,
@@ -116,14 +174,71 @@ class ImpalaCNN(nn.Module):
     ):
         super().__init__()
         chans = (in_chans, *channels)
-        self.stages = nn.Sequential(*(ImpalaStage(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True)))
-        self.fc = nn.LazyLinear(feature_dim)
+        self.stages = nn.Sequential(*(ImpalaStage(a, b) for a, b in pairwise(chans)))
+        self.fc = InitLazyLinear(feature_dim, glorot_init)
         self.num_features = feature_dim
         self.head = nn.Linear(feature_dim, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(F.relu(self.stages(x)), 1)
         return F.relu(self.fc(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+class NormConv(nn.Module):
+    """Moon et al.'s conv layer: [GroupNorm(1)] -> conv3x3 (bias only without a norm) -> ReLU, fan-in init."""
+
+    def __init__(self, in_chans: int, channels: int, scale: float, norm: bool = True):
+        super().__init__()
+        self.norm = nn.GroupNorm(1, in_chans) if norm else nn.Identity()
+        self.conv = fan_in_init(nn.Conv2d(in_chans, channels, 3, padding=1, bias=not norm), scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(self.norm(x)))
+
+
+class MoonImpalaStage(nn.Module):
+    """conv -> maxpool 3x3/2 -> GroupNorm(1) -> two blocks x + conv(conv(x)) of NormConvs."""
+
+    def __init__(self, in_chans: int, channels: int, scale: float, first_norm: bool, num_blocks: int = 2):
+        super().__init__()
+        self.conv = NormConv(in_chans, channels, 1.0, norm=first_norm)
+        self.post_pool_norm = nn.GroupNorm(1, channels)
+        block_scale = math.sqrt(scale / math.sqrt(num_blocks))  # both convs of a block: sqrt of the block's scale
+        self.blocks = nn.ModuleList(
+            nn.Sequential(NormConv(channels, channels, block_scale), NormConv(channels, channels, block_scale))
+            for _ in range(num_blocks)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.post_pool_norm(F.max_pool2d(self.conv(x), 3, stride=2, padding=1))
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+
+
+class MoonImpalaCNN(nn.Module):
+    """The IMPALA ResNet of Moon et al. 2023's tuned Crafter PPO (snu-mllab/Achievement-Distillation,
+    impala_cnn.py): channels [64, 128, 128], GroupNorm(1) before every conv but the first and after each
+    pool, LayerNorm -> dense 256 (no bias) -> ReLU; fan-in init with their scales."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 0, channels=(64, 128, 128), feature_dim: int = 256, **_):
+        super().__init__()
+        chans = (in_chans, *channels)
+        scale = 1 / math.sqrt(len(channels))
+        self.stages = nn.Sequential(
+            *(MoonImpalaStage(a, b, scale, first_norm=i > 0) for i, (a, b) in enumerate(pairwise(chans)))
+        )
+        self.dense_norm = LazyLayerNorm()
+        self.fc = InitLazyLinear(feature_dim, lambda m: fan_in_init(m, 1.4), bias=False)
+        self.num_features = feature_dim
+        self.head = nn.Linear(feature_dim, num_classes) if num_classes else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.stages(x), 1)
+        return F.relu(self.fc(self.dense_norm(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
@@ -140,31 +255,36 @@ def impala_cnn(pretrained: bool = False, **kwargs) -> ImpalaCNN:
 
 
 @register_model
-def impala_cnn_wide(pretrained: bool = False, **kwargs) -> ImpalaCNN:
-    """The wider IMPALA ResNet of Moon et al. 2023's tuned Crafter PPO."""
-    return build_model_with_cfg(ImpalaCNN, "impala_cnn_wide", pretrained, channels=(64, 128, 128), **kwargs)
+def impala_cnn_moon(pretrained: bool = False, **kwargs) -> MoonImpalaCNN:
+    """Moon et al. 2023's IMPALA ResNet for Crafter (crafter-moon preset)."""
+    return build_model_with_cfg(MoonImpalaCNN, "impala_cnn_moon", pretrained, **kwargs)
 
 
 # ---------------------------------------------------------------------------------- backbones
 
 
-def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file: str = "") -> nn.Module:
-    """A timm model with its classifier removed. Pretrained weights come from `pretrained_file` when
-    given, else from the local hub cache or the hub; when they cannot be had, warn and keep the random
-    init."""
+def check_backbone(name: str) -> None:
     if not timm.is_model(name):
         raise UsageError(f"unknown backbone {name!r}; see timm.list_models() or use nature_cnn / impala_cnn")
+
+
+def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file: str = "") -> tuple[nn.Module, bool]:
+    """A timm model with its classifier removed, and whether pretrained weights were loaded. They come from
+    `pretrained_file` when given, else from the local hub cache or the hub; when they cannot be had, warn and
+    keep the random init."""
+    check_backbone(name)
     kwargs = {"num_classes": 0, "in_chans": in_chans}
     if pretrained and not pretrained_file:
         pretrained_file, reason = locate_pretrained_weights(name)
         if not pretrained_file:
             warnings.warn(f"no pretrained weights for {name} ({reason}); using random init", stacklevel=2)
     if not pretrained_file:
-        return timm.create_model(name, pretrained=False, **kwargs)
+        return timm.create_model(name, pretrained=False, **kwargs), False
     if not os.path.isfile(pretrained_file):
         raise UsageError(f"backbone weights file not found: {pretrained_file}")
     try:
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": pretrained_file}, **kwargs)
+        overlay = {"file": pretrained_file}
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs), True
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise UsageError(f"cannot load backbone weights from {pretrained_file}: {str(e).splitlines()[0]}") from e
 
@@ -219,6 +339,10 @@ class PolicySpec:
     num_actions: int
     head_hidden: int = 256
     freeze_backbone: bool = True
+    feature_norm: bool = True  # LayerNorm on the backbone features
+    trunk_hidden: int = 0  # a shared dense layer (with ReLU) between the features and the heads; 0: none
+    value_norm: bool = False  # the value head predicts normalized returns (EwmaNormalizer)
+    image_size: int = 0  # frames resized to this square size before the backbone; 0: native size
 
     def to_dict(self) -> dict:
         return asdict(self) | {"obs_shape": list(self.obs_shape)}
@@ -242,50 +366,97 @@ def mlp_head(in_dim: int, hidden: int, out_dim: int, out_gain: float) -> nn.Modu
     )
 
 
+class EwmaNormalizer(nn.Module):
+    """Running mean and variance of value targets as exponential moving averages with debiasing (Moon et al.'s
+    NormalizeEwma: beta 0.99, debiasing clamped at 1e-2, variance floored at 1e-2). Buffers, so checkpoints
+    keep them."""
+
+    def __init__(self, beta: float = 0.99, epsilon: float = 1e-2, min_var: float = 1e-2):
+        super().__init__()
+        self.beta, self.epsilon, self.min_var = beta, epsilon, min_var
+        self.register_buffer("running_mean", torch.zeros(()))
+        self.register_buffer("running_mean_sq", torch.zeros(()))
+        self.register_buffer("debiasing_term", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        self.running_mean.mul_(self.beta).add_(x.mean() * (1 - self.beta))
+        self.running_mean_sq.mul_(self.beta).add_((x**2).mean() * (1 - self.beta))
+        self.debiasing_term.mul_(self.beta).add_(1 - self.beta)
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        debias = self.debiasing_term.clamp(min=self.epsilon)
+        mean = self.running_mean / debias
+        var = (self.running_mean_sq / debias - mean**2).clamp(min=self.min_var)
+        return mean, var.sqrt()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean_std()
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean_std()
+        return x * std + mean
+
+
 class Act(NamedTuple):
     action: torch.Tensor  # (B,)
     logprob: torch.Tensor  # (B,)
-    value: torch.Tensor  # (B,)
+    value: torch.Tensor  # (B,) in reward units
     features: torch.Tensor  # (B, F) backbone output
 
 
 class ActorCritic(nn.Module):
-    """uint8 frame stacks -> backbone features -> separate policy (logits) and value heads."""
+    """uint8 frame stacks -> backbone features -> [LayerNorm] -> [shared trunk] -> policy (logits) and value heads.
+
+    The backbone always computes the same function in the rollout and in the update: it stays in eval mode
+    (BatchNorm uses its running statistics, dropout is off), so PPO's ratio is 1 before the first step. The
+    heads see features of unit scale (LayerNorm, unless `feature_norm` is off for networks whose published
+    recipe has none), the policy's last layer starts at gain 0.01 (near-uniform actions) and the heads run in
+    float32 even under --amp."""
 
     def __init__(self, spec: PolicySpec, pretrained: bool = False, pretrained_file: str = ""):
         super().__init__()
         self.spec = spec
         in_chans, height, width = spec.obs_shape
-        self.backbone = create_backbone(spec.backbone, in_chans, pretrained, pretrained_file)
+        self.backbone, self.pretrained_loaded = create_backbone(spec.backbone, in_chans, pretrained, pretrained_file)
         mean, std = input_normalization(self.backbone, in_chans, spec.frame_channels)
         # (pixel / 255 - mean) / std as one multiply-add: pixel * scale + shift
         self.register_buffer("pixel_scale", 1.0 / (255.0 * std), persistent=False)
         self.register_buffer("pixel_shift", -mean / std, persistent=False)
+        self.backbone.eval()
         with torch.no_grad():  # also materializes lazy layers
-            self.feature_dim = feature_dim = self.backbone(torch.zeros(2, in_chans, height, width)).shape[-1]
+            self.feature_dim = feature_dim = self.features(torch.zeros(2, in_chans, height, width)).shape[-1]
         self.backbone.to(memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU (oneDNN) and GPU
-        self.policy_head = mlp_head(feature_dim, spec.head_hidden, spec.num_actions, out_gain=0.01)
-        self.value_head = mlp_head(feature_dim, spec.head_hidden, 1, out_gain=1.0)
+        self.feature_norm = nn.LayerNorm(feature_dim) if spec.feature_norm else nn.Identity()
+        self.trunk = nn.Identity()
+        if spec.trunk_hidden:  # Moon et al.: norm -> dense (no bias after a norm) -> ReLU, fan-in init
+            dense = nn.Linear(feature_dim, spec.trunk_hidden, bias=not spec.feature_norm)
+            self.trunk = nn.Sequential(fan_in_init(dense, 1.0), nn.ReLU())
+        head_in = spec.trunk_hidden or feature_dim
+        self.policy_head = mlp_head(head_in, spec.head_hidden, spec.num_actions, out_gain=0.01)
+        # a normalized value head starts small (Moon et al.'s ScaledMSEHead: gain 0.1)
+        self.value_head = mlp_head(head_in, spec.head_hidden, 1, out_gain=0.1 if spec.value_norm else 1.0)
+        self.value_normalizer = EwmaNormalizer() if spec.value_norm else None
         if spec.freeze_backbone:
             self.backbone.requires_grad_(False)
-            self.backbone.eval()
 
     def train(self, mode: bool = True) -> ActorCritic:
         super().train(mode)
-        if self.spec.freeze_backbone:
-            self.backbone.eval()  # frozen means frozen: no BatchNorm statistics updates either
+        self.backbone.eval()  # one function in rollout and update: running BatchNorm statistics, no dropout
         return self
 
-    amp = False  # bf16 autocast for the backbone and heads (train.py --amp); outputs stay float32
-
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(self.pixel_scale.device.type, dtype=torch.bfloat16, enabled=self.amp)
+    amp = False  # bf16 autocast for the backbone (train.py --amp); heads and outputs stay float32
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         """obs (B, K*C, H, W) uint8 -> features (B, F) float32."""
         x = obs.contiguous(memory_format=torch.channels_last).float()  # NHWC while still 1 byte per value
         x = torch.addcmul(self.pixel_shift, x, self.pixel_scale)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.spec.freeze_backbone), self.autocast():
+        if self.spec.image_size:
+            x = F.interpolate(x, size=(self.spec.image_size,) * 2, mode="bilinear", align_corners=False)
+        grad = torch.is_grad_enabled() and not self.spec.freeze_backbone
+        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        with torch.set_grad_enabled(grad), autocast:
             return self.backbone(x).float()
 
     @property
@@ -294,13 +465,17 @@ class ActorCritic(nn.Module):
         return self.spec.freeze_backbone
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B, F) -> logits (B, A), value (B,), float32."""
-        with self.autocast():
-            return self.policy_head(features).float(), self.value_head(features).squeeze(-1).float()
+        """features (B, F) -> logits (B, A), value (B,) in the value head's units (normalized with value_norm)."""
+        latent = self.trunk(self.feature_norm(features))
+        return self.policy_head(latent), self.value_head(latent).squeeze(-1)
+
+    def to_reward_units(self, value: torch.Tensor) -> torch.Tensor:
+        return value if self.value_normalizer is None else self.value_normalizer.denormalize(value)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """obs (B, K*C, H, W) uint8 -> logits (B, A), value (B,)."""
-        return self.heads(self.features(obs))
+        """obs (B, K*C, H, W) uint8 -> logits (B, A), value (B,) in reward units."""
+        logits, value = self.heads(self.features(obs))
+        return logits, self.to_reward_units(value)
 
     def act(self, obs: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None) -> Act:
         """Sample (or argmax) actions for obs (B, K*C, H, W) uint8; sampling draws from `generator` when
@@ -314,13 +489,15 @@ class ActorCritic(nn.Module):
             action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
         else:
             action = dist.sample()
-        return Act(action, dist.log_prob(action), value, features)
+        return Act(action, dist.log_prob(action), self.to_reward_units(value), features)
 
     def evaluate_actions(self, features: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """features (B, F) -> log-prob (B,), entropy (B,), value (B,) of `actions` under the current policy."""
+        """features (B, F) -> log-prob (B,), entropy (B,), value (B,) in the value head's units, of `actions`
+        under the current policy."""
         logits, value = self.heads(features)
         dist = Categorical(logits=logits, validate_args=False)
         return dist.log_prob(actions), dist.entropy(), value
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.heads(self.features(obs))[1]
+        """obs (B, K*C, H, W) uint8 -> V(obs) (B,) in reward units."""
+        return self.forward(obs)[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from env import UsageError
+from errors import UsageError
 
 
 def _pyplot():

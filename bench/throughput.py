@@ -159,7 +159,7 @@ class RecomputingPolicy(ActorCritic):
 
 def bench_update_cache(quick: bool) -> dict:
     """Frozen backbone: PPO epochs on cached features vs running the backbone in every epoch."""
-    from train import Config
+    from config import Config
 
     backbone = "resnet18" if quick else "tf_efficientnetv2_s"
     T, N, shape = (16, 16, (12, 64, 64)) if quick else (32, 32, (12, 64, 64))
@@ -228,10 +228,11 @@ def train_steps_per_s(family: str, updates: int, extra: list[str]) -> dict:
     import tempfile
 
     import train
+    from config import config_from_args
 
     with tempfile.TemporaryDirectory() as tmp:
         args = [*TRAINING[family], *extra, "--wandb-mode", "disabled", "--eval-interval", str(10**12)]
-        cfg = train.config_from_args([*args, "--no-eval-video", "--logdir", str(Path(tmp) / "run_1")])
+        cfg = config_from_args([*args, "--no-eval-video", "--logdir", str(Path(tmp) / "run_1")])
         cfg.steps = updates * cfg.batch_size
         trainer = train.Trainer(cfg)
         trainer.maybe_evaluate = lambda: None  # throughput only

@@ -7,12 +7,12 @@ import torch
 
 from agent import PPO, explained_variance, ppo_loss
 from buffer import RolloutBuffer
+from config import Config
 from policy import ActorCritic, PolicySpec
-from train import Config
 
 
 def test_ppo_loss_pieces_by_hand():
-    cfg = Config(clip_coef=0.2, ent_coef=0.01, vf_coef=0.5, norm_adv=False, clip_vloss=False)
+    cfg = Config(clip_coef=0.2, ent_coef=0.01, vf_coef=0.5, adv_norm="none", clip_vloss=False)
     old_logprob = torch.log(torch.tensor([0.5, 0.5]))
     new_logprob = torch.log(torch.tensor([0.75, 0.25]))  # ratios 1.5 and 0.5
     adv = torch.tensor([1.0, -1.0])
@@ -30,7 +30,7 @@ def test_ppo_loss_pieces_by_hand():
 
 
 def test_value_clipping_by_hand():
-    cfg = Config(clip_coef=0.2, clip_vloss=True, norm_adv=False)
+    cfg = Config(clip_coef=0.2, clip_vloss=True, adv_norm="none")
     z = torch.zeros(1)
     # new value 1.0 moved 1.0 from old 0.0 -> clipped to 0.2; target 1.0: max((0)^2, (0.8)^2) = 0.64
     _, p = ppo_loss(z, z, torch.tensor([1.0]), z, z, z, torch.tensor([1.0]), cfg)
@@ -38,7 +38,7 @@ def test_value_clipping_by_hand():
 
 
 def test_advantage_normalization_is_per_minibatch():
-    cfg = Config(norm_adv=True, clip_coef=10.0, ent_coef=0.0, vf_coef=0.0)
+    cfg = Config(adv_norm="minibatch", clip_coef=10.0, ent_coef=0.0, vf_coef=0.0)
     adv = torch.tensor([1.0, 2.0, 3.0])
     z = torch.zeros(3)
     _, p = ppo_loss(z, z, z, z, z, adv, z, cfg)  # ratio 1: loss = -mean(normalized adv) = 0
@@ -88,7 +88,7 @@ def full_batch_loss(policy, buf, cfg):
 
 def test_one_update_lowers_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    cfg = Config(lr=1e-3, update_epochs=4, num_minibatches=1, clip_coef=0.2, norm_adv=True)
+    cfg = Config(lr=3e-4, update_epochs=4, num_minibatches=1, clip_coef=0.2, adv_norm="minibatch", clip_vloss=False)
     policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 32, freeze_backbone=False))
     buf = filled_buffer(policy)
     before = full_batch_loss(policy, buf, cfg)
@@ -136,4 +136,47 @@ def test_cached_feature_update_equals_recomputing_update():
     assert filled_buffer(cached, cache_features=True).inputs.shape == (8, 4, cached.feature_dim)
     for (name, a), b in zip(cached.state_dict().items(), recomputing.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
-    assert stats_a["policy_loss"] == pytest.approx(stats_b["policy_loss"])
+    # same math in another operation order (features cached vs recomputed): equal to float32 precision
+    assert stats_a["policy_loss"] == pytest.approx(stats_b["policy_loss"], rel=1e-4, abs=1e-6)
+
+
+def test_ewma_normalizer_matches_moon_et_al_by_hand():
+    from policy import EwmaNormalizer
+
+    norm = EwmaNormalizer()
+    norm.update(torch.tensor([1.0, 3.0]))  # mean 2, mean square 5
+    norm.update(torch.tensor([4.0]))
+    m, s, d = 0.99 * 0.01 * 2 + 0.01 * 4, 0.99 * 0.01 * 5 + 0.01 * 16, 0.99 * 0.01 + 0.01
+    mean, std = norm.mean_std()
+    assert mean.item() == pytest.approx(m / d)
+    assert std.item() == pytest.approx(math.sqrt(max(s / d - (m / d) ** 2, 1e-2)))
+    x = torch.tensor([0.5, 7.0])
+    torch.testing.assert_close(norm.denormalize(norm.normalize(x)), x)
+
+
+def test_value_normalization_trains_on_normalized_targets_and_acts_in_reward_units():
+    torch.manual_seed(0)
+    spec = PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 0, freeze_backbone=False, trunk_hidden=32, value_norm=True)
+    policy = ActorCritic(spec)
+    policy.value_normalizer.update(torch.tensor([100.0, 140.0]))
+    obs = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        act = policy.act(obs)
+        _, _, head_value = policy.evaluate_actions(act.features, act.action)
+    torch.testing.assert_close(act.value, policy.value_normalizer.denormalize(head_value))
+    assert act.value.mean() > 50  # reward units, near the targets' mean of 120
+    buf = filled_buffer(policy)
+    cfg = Config(update_epochs=3, num_minibatches=4, clip_vloss=False)
+    before = policy.value_normalizer.debiasing_term.item()
+    PPO(policy, cfg).update(buf)
+    assert policy.value_normalizer.debiasing_term.item() == pytest.approx(1 - (1 - before) * 0.99**12)  # per minibatch
+
+
+def test_batch_advantage_normalization_is_over_the_whole_rollout():
+    torch.manual_seed(0)
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 32, freeze_backbone=False))
+    buf = filled_buffer(policy)
+    returns = buf.returns.clone()
+    PPO(policy, Config(adv_norm="batch", update_epochs=1, num_minibatches=2)).update(buf)
+    assert buf.advantages.mean().abs() < 1e-6 and buf.advantages.std().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.equal(buf.returns, returns)

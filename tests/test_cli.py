@@ -10,10 +10,12 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
+import yaml
 
 import evaluate
 import train
 from checkpoint import save_checkpoint
+from config import config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -91,7 +93,7 @@ def test_training_writes_every_output(trained_run):
         "eval_stats.pkl",
         "eval_stats.json",
         "metrics.jsonl",
-        "config.json",
+        "config.yaml",
         "summary.json",
     ):
         assert (logdir / name).is_file(), name
@@ -122,8 +124,11 @@ def test_training_writes_every_output(trained_run):
         assert key in keys, key
     if family == "crafter":
         assert "crafter/score" in keys and "crafter/success_collect_wood" in keys
-    config = json.loads((logdir / "config.json").read_text())
-    assert "wandb_key" not in config and config["env"] == FAMILIES[family][1]
+        evals = json.loads((logdir / "eval_stats.json").read_text())  # best_model.pth: the best Crafter score
+        best = torch.load(logdir / "best_model.pth", weights_only=True)
+        assert best["eval_score"] == max(evals["crafter_score"]) and best["best_eval_score"] == best["eval_score"]
+    config = yaml.safe_load((logdir / "config.yaml").read_text())
+    assert "wandb_key" not in config and "logdir" not in config and config["env"] == FAMILIES[family][1]
     assert "step" in proc.stdout and "sps" in proc.stdout and "Traceback" not in proc.stderr
 
 
@@ -146,18 +151,21 @@ def test_evaluate_rebuilds_from_the_checkpoint_alone(trained_run, tmp_path):
     with open(out / "eval_stats.pkl", "rb") as f:
         stats = pickle.load(f)
     assert len(stats["mean_return"]) == len(rows)
+    with open(logdir / "eval_stats.pkl", "rb") as f:
+        training_stats = pickle.load(f)
+    assert set(training_stats) == set(stats)  # one schema for training's and evaluate.py's evaluations
     if family == "crafter":
         assert len(rows[0]["success_rates"]) == 22 and rows[0]["crafter_score"] >= 0
         assert "collect_wood" in proc.stdout
     if family == "procgen":
-        assert rows[0]["levels"] == [0, 200] and rows[1]["levels"] == [200, 1000]
+        assert rows[0]["levels"] == [0, 200] and rows[1]["levels"] == [0, 0]  # test: the full distribution
         assert "normalized_return" in rows[0] and "generalization gap" in proc.stdout
     if family == "atari":
         assert rows[0]["human_normalized"] is not None
 
 
 def test_default_config_matches_the_seed_project():
-    cfg = train.config_from_args([])
+    cfg = config_from_args([])
     assert (
         cfg.env,
         cfg.steps,
@@ -172,7 +180,7 @@ def test_default_config_matches_the_seed_project():
 
 
 def test_presets_and_flags_layer_in_order():
-    cfg = train.config_from_args(["--preset", "atari-cleanrl", "--env", "atari/Pong", "--lr", "1e-4"])
+    cfg = config_from_args(["--preset", "atari-cleanrl", "--env", "atari/Pong", "--lr", "1e-4"])
     assert (cfg.env, cfg.lr, cfg.clip_coef, cfg.backbone) == ("atari/Pong", 1e-4, 0.1, "nature_cnn")
 
 
@@ -235,8 +243,8 @@ def test_amp_and_compile_train_and_save_plain_checkpoints(tmp_path):
     an uncompiled float32 policy whose outputs are close to the bf16 ones."""
     logdir = tmp_path / "run_1"
     args = [*TINY, "--env", "procgen/coinrun", "--num-envs", "4", "--steps", "256", "--eval-interval", "256"]
-    summary = train.train(train.config_from_args([*args, "--amp", "--compile", "--logdir", str(logdir)]))
-    assert summary["finished"] and math.isfinite(summary["last_eval_return"])
+    summary = train.train(config_from_args([*args, "--amp", "--compile", "--logdir", str(logdir)]))
+    assert summary["finished"] and math.isfinite(summary["last_eval_score"])
     payload = torch.load(logdir / "last.pth", weights_only=True)
     assert not any("_orig_mod" in key for key in payload["model"])
     policy = evaluate.load_policy(payload, torch.device("cpu"))

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from env import FrameStack, UsageError, make_vec_env, parse_env_id
+from config import Config
+from env import FrameStack, make_vec_env, parse_env_id
+from errors import UsageError
 
 
 def test_parse_env_id():
@@ -64,21 +66,14 @@ def test_crafter_stacking_and_episodes():
     assert set(ep.achievements) >= {"collect_wood", "place_table", "wake_up"} and len(ep.achievements) == 22
 
 
-def test_procgen_stacking_and_unseen_eval_levels():
+def test_procgen_stacking_and_validation_levels():
     with make_vec_env("procgen/bigfish", 4, seed=0, history_length=2) as envs:
         ends, episodes = check_stacking(envs, 400, 3)
     assert ends >= 1 and len(episodes) == ends
     from evaluate import make_eval_env
 
-    config = {
-        "env": "procgen/bigfish",
-        "history_length": 2,
-        "distribution_mode": "easy",
-        "start_level": 0,
-        "num_levels": 200,
-        "sticky_actions": 0.0,
-    }
-    with make_eval_env(config, 2, seed=0) as eval_envs:  # unseen levels: the 1000 after the training range
+    config = Config(env="procgen/bigfish", history_length=2, distribution_mode="easy", start_level=0, num_levels=200)
+    with make_eval_env(config, 2, seed=0) as eval_envs:  # validation levels: the 1000 after the training range
         assert (eval_envs.kwargs["start_level"], eval_envs.kwargs["num_levels"]) == (200, 1000)
     with make_eval_env(config, 2, seed=0, levels=(0, 200)) as train_levels:
         assert (train_levels.kwargs["start_level"], train_levels.kwargs["num_levels"]) == (0, 200)

@@ -10,6 +10,7 @@ import torch
 from toy_env import GridGoalVecEnv
 
 import evaluate
+from config import Config
 from evaluate import discounted_returns, episode_quotas, run_episodes
 from policy import ActorCritic, PolicySpec
 from scores import (
@@ -96,11 +97,27 @@ def test_render_without_a_display_is_a_clear_error(monkeypatch, capsys, tmp_path
     assert "--render needs a display" in err and "\n" not in err
 
 
-def test_bad_levels_argument(capsys, tmp_path):
+def test_bad_levels_argument():
     with pytest.raises(evaluate.UsageError, match="START:COUNT"):
-        evaluate.parse_levels("200-1000", {"start_level": 0, "num_levels": 200})
-    assert evaluate.parse_levels("", {"start_level": 0, "num_levels": 200}) == (200, 1000)
-    assert evaluate.parse_levels("500:50", {"start_level": 0, "num_levels": 200}) == (500, 50)
+        evaluate.parse_levels("200-1000")
+    assert evaluate.parse_levels("500:50") == (500, 50)
+
+
+def test_procgen_validation_and_test_levels_are_disjoint():
+    """best_model.pth is picked on validation levels; evaluate.py reports the paper's test set (the full
+    distribution), so selection never sees the levels it is scored on beyond chance overlap."""
+    cfg = Config(env="procgen/starpilot", start_level=0, num_levels=200)
+    train_levels = evaluate.level_sets(cfg, "")["train"]
+    validation = evaluate.validation_levels(cfg)
+    assert train_levels == (0, 200) and validation == (200, 1000)
+    assert evaluate.level_sets(cfg, "")["test"] == evaluate.TEST_LEVELS == (0, 0)
+    assert evaluate.parse_levels("") == (0, 0)
+
+
+def test_best_checkpoint_is_selected_by_the_published_metric():
+    crafter_row = {"mean_return": 9.0, "crafter_score": 3.5}
+    assert evaluate.selection_score(crafter_row) == 3.5
+    assert evaluate.selection_score({"mean_return": 21.0}) == 21.0
 
 
 def test_a_stop_request_abandons_the_evaluation():

@@ -18,6 +18,7 @@ from faulty_games import raising_crafter
 import agent
 import checkpoint
 import train
+from config import Config
 from env import CrafterVecEnv, EnvCrashError, make_vec_env
 from policy import ActorCritic, PolicySpec
 
@@ -194,7 +195,7 @@ def test_non_finite_losses_never_touch_the_weights():
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     from test_agent import filled_buffer
 
-    cfg = train.Config(update_epochs=2, num_minibatches=2, norm_adv=True)
+    cfg = Config(update_epochs=2, num_minibatches=2, adv_norm="minibatch")
     buf = filled_buffer(policy)
     buf.rewards[:] = float("nan")  # poisoned rewards spread NaN through GAE into every loss
     buf.compute_advantages(torch.zeros(4), 0.99, 0.95)
@@ -204,7 +205,7 @@ def test_non_finite_losses_never_touch_the_weights():
         assert torch.equal(v, before[k]), k
     buf = filled_buffer(policy)
     buf.advantages[0, 0] = float("inf")  # one bad sample: only the minibatches holding it are skipped
-    stats = agent.PPO(policy, train.Config(update_epochs=2, num_minibatches=4, norm_adv=False)).update(buf)
+    stats = agent.PPO(policy, Config(update_epochs=2, num_minibatches=4, adv_norm="none")).update(buf)
     assert stats["skipped_minibatches"] == 2 and stats["minibatches"] == 8
     assert all(torch.isfinite(v).all() for v in policy.state_dict().values())
 

@@ -1,4 +1,4 @@
-"""PPO must actually solve a tiny pixel game, through the same rollout and update code train.py runs."""
+"""PPO must actually solve a tiny pixel game, through the same Trainer and update that train.py runs."""
 
 import time
 
@@ -6,36 +6,20 @@ import numpy as np
 import torch
 from toy_env import GridGoalVecEnv
 
-from agent import PPO
-from buffer import RewardScaler
+from config import Config
 from evaluate import run_episodes
-from policy import ActorCritic, PolicySpec
-from train import Config, collect_rollout, learning_rate, make_buffer
+from train import Trainer
 
 
 def train_on_grid(cfg: Config, seed: int = 0) -> float:
-    """Train on the grid game for cfg.steps; -> success rate of 200 greedy-free (sampled) test episodes."""
-    torch.manual_seed(seed)
-    envs = GridGoalVecEnv(cfg.num_envs, seed=seed)
-    spec = PolicySpec(cfg.backbone, envs.obs_shape, 3, envs.num_actions, cfg.head_hidden, cfg.freeze_backbone)
-    policy = ActorCritic(spec)
-    ppo = PPO(policy, cfg, seed=seed)
-    buffer = make_buffer(cfg, policy, envs, torch.device("cpu"))
-    scaler = RewardScaler("none", cfg.num_envs, cfg.gamma)
-    timing = {"env": 0.0, "inference": 0.0}
-    obs = envs.reset()
-    for update in range(cfg.num_updates):
-        ppo.set_lr(learning_rate(cfg, update / cfg.num_updates))
-        obs, _, _ = collect_rollout(envs, policy, buffer, obs, scaler, timing)
-        with torch.no_grad():
-            last_values = policy.value(torch.as_tensor(obs))
-        buffer.compute_advantages(last_values, cfg.gamma, cfg.gae_lambda)
-        ppo.update(buffer)
-    result = run_episodes(policy, GridGoalVecEnv(20, seed=seed + 1), 200, torch.device("cpu"))
+    """Train on the grid game for cfg.steps; -> mean return (success rate) of 200 sampled test episodes."""
+    trainer = Trainer(cfg, envs=GridGoalVecEnv(cfg.num_envs, seed=seed), eval_envs=GridGoalVecEnv(4, seed=seed + 2))
+    trainer.run()
+    result = run_episodes(trainer.policy, GridGoalVecEnv(20, seed=seed + 1), 200, torch.device("cpu"))
     return float(np.mean(result.returns))
 
 
-def grid_config(**overrides) -> Config:
+def grid_config(logdir, **overrides) -> Config:
     base = dict(
         backbone="impala_cnn",
         pretrained=False,
@@ -48,12 +32,18 @@ def grid_config(**overrides) -> Config:
         lr=1e-3,
         gamma=0.9,
         steps=24_000,
+        seed=0,
+        eval_interval=24_000,
+        eval_episodes=4,
+        eval_video=False,
+        wandb_mode="disabled",
+        logdir=str(logdir),
     )
     return Config(**(base | overrides))
 
 
-def test_ppo_solves_grid_goal():
+def test_ppo_solves_grid_goal(tmp_path):
     start = time.time()
-    success = train_on_grid(grid_config())
+    success = train_on_grid(grid_config(tmp_path / "run_1"))
     print(f"success rate {success:.2f} after {time.time() - start:.0f}s")
     assert success > 0.9  # random play succeeds ~24% of the time

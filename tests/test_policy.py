@@ -1,15 +1,17 @@
 """timm registry entries, pretrained loading from a local file, freezing and input normalization."""
 
+import math
+
 import pytest
 import timm
 import torch
 
-from env import UsageError
+from errors import UsageError
 from policy import ActorCritic, PolicySpec, create_backbone, input_normalization
 
 
 @pytest.mark.parametrize(
-    "name,shape", [("nature_cnn", (4, 84, 84)), ("impala_cnn", (12, 64, 64)), ("impala_cnn_wide", (3, 64, 64))]
+    "name,shape", [("nature_cnn", (4, 84, 84)), ("impala_cnn", (12, 64, 64)), ("impala_cnn_moon", (3, 64, 64))]
 )
 def test_pixel_cnns_are_timm_models(name, shape):
     assert timm.is_model(name)
@@ -29,11 +31,12 @@ def test_local_pretrained_file_is_loaded(tmp_path):
     src(torch.zeros(1, 3, 64, 64))
     path = tmp_path / "weights.pth"
     torch.save(src.state_dict(), path)
-    loaded = create_backbone("impala_cnn", 3, pretrained=True, pretrained_file=str(path))
+    loaded, was_loaded = create_backbone("impala_cnn", 3, pretrained=True, pretrained_file=str(path))
+    assert was_loaded
     for (k, a), b in zip(src.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     # a 4-frame RGB stack adapts the 3-channel first conv, as timm does for in_chans != 3
-    stacked = create_backbone("impala_cnn", 12, pretrained=True, pretrained_file=str(path))
+    stacked, _ = create_backbone("impala_cnn", 12, pretrained=True, pretrained_file=str(path))
     assert stacked.stages[0].conv.weight.shape[1] == 12
 
 
@@ -55,8 +58,8 @@ def test_timm_backbone_in_actor_critic(tmp_path):
 
 
 def test_missing_pretrained_weights_warn_and_fall_back(recwarn):
-    backbone = create_backbone("nature_cnn", 4, pretrained=True)
-    assert isinstance(backbone, torch.nn.Module)
+    backbone, loaded = create_backbone("nature_cnn", 4, pretrained=True)
+    assert isinstance(backbone, torch.nn.Module) and not loaded
     assert any("no pretrained weights for nature_cnn" in str(w.message) for w in recwarn)
 
 
@@ -73,3 +76,87 @@ def test_deterministic_act_is_argmax():
     action = policy.act(obs, deterministic=True).action
     logits, _ = policy(obs)
     assert torch.equal(action, logits.argmax(-1))
+
+
+# ------------------------------------------------------------------ what stops or slows learning
+
+
+def crafter_obs(n: int = 16, k: int = 4, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3 * k, 64, 64), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize(
+    "backbone,frozen",
+    [("tf_efficientnetv2_s", True), ("resnet10t", False), ("nature_cnn", False), ("impala_cnn", False)],
+)
+def test_fresh_policy_is_near_uniform_with_unit_scale_features_and_small_values(backbone, frozen):
+    """Without pretrained weights a frozen EfficientNetV2-S gave features ~5e3, logits std ~80 and an entropy of
+    0.004 nats: the heads must see unit-scale features, start near-uniform and predict O(1) values."""
+    torch.manual_seed(0)
+    policy = ActorCritic(PolicySpec(backbone, (12, 64, 64), 3, 17, head_hidden=256, freeze_backbone=frozen))
+    obs = crafter_obs()
+    with torch.no_grad():
+        features = policy.features(obs)
+        latent = policy.feature_norm(features)
+        logits, value = policy(obs)
+    entropy = torch.distributions.Categorical(logits=logits).entropy()
+    assert entropy.min() >= 0.95 * math.log(17)
+    assert latent.std() == pytest.approx(1.0, rel=0.05) and latent.mean().abs() < 0.05
+    assert value.abs().max() < 5.0
+
+
+@pytest.mark.parametrize("backbone", ["resnet10t", "tf_efficientnet_lite0"])
+def test_batchnorm_backbone_gives_ratio_one_before_the_first_step(backbone):
+    """The rollout runs the policy in eval mode and the update in train mode: BatchNorm must compute the same
+    function in both, or every sample starts outside PPO's clip range."""
+    torch.manual_seed(0)
+    policy = ActorCritic(PolicySpec(backbone, (12, 64, 64), 3, 17, head_hidden=64, freeze_backbone=False))
+    obs = crafter_obs(8)
+    policy.eval()
+    with torch.no_grad():
+        act = policy.act(obs)
+    policy.train()
+    with torch.no_grad():
+        logprob, _, value = policy.evaluate_actions(policy.features(obs), act.action)
+    torch.testing.assert_close((logprob - act.logprob).exp(), torch.ones(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(value, act.value, atol=1e-5, rtol=1e-5)
+    assert policy.training and not policy.backbone.training
+
+
+def test_amp_keeps_the_heads_in_float32():
+    """--amp autocasts the backbone only: the heads' outputs are float32 computations, not bf16 roundings."""
+    torch.manual_seed(0)
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 64, 64), 3, 17, head_hidden=64, freeze_backbone=False))
+    policy.value_head[-1].bias.data.fill_(20.23)  # bf16 would round it to 20.25
+    policy.amp = True
+    obs = crafter_obs(4, k=1)
+    with torch.no_grad():
+        logits, value = policy(obs)
+        latent = policy.trunk(policy.feature_norm(policy.features(obs)))
+        assert torch.equal(value, policy.value_head(latent).squeeze(-1))
+        assert torch.equal(logits, policy.policy_head(latent))
+
+
+def row_norms(layer: torch.nn.Module) -> torch.Tensor:
+    return layer.weight.flatten(1).norm(dim=1)
+
+
+def test_nature_cnn_dense_layer_has_cleanrl_init():
+    model = timm.create_model("nature_cnn", in_chans=4)
+    model(torch.zeros(1, 4, 84, 84))
+    torch.testing.assert_close(row_norms(model.fc), torch.full((512,), math.sqrt(2)), atol=1e-4, rtol=0)
+    assert torch.count_nonzero(model.fc.bias) == 0
+
+
+def test_frozen_backbone_without_weights_is_reported():
+    policy = ActorCritic(PolicySpec("nature_cnn", (4, 84, 84), 1, 6), pretrained=False)
+    assert policy.pretrained_loaded is False
+
+
+def test_image_size_resizes_frames_before_the_backbone():
+    policy = ActorCritic(PolicySpec("resnet10t", (3, 64, 64), 3, 17, head_hidden=0, image_size=96))
+    seen = []
+    policy.backbone.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    policy.act(crafter_obs(2, k=1))
+    assert seen == [(2, 3, 96, 96)]

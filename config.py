@@ -1,0 +1,395 @@
+"""Run configuration: the one dataclass of every setting, its flags, YAML run files and presets, resume rules.
+
+A run is resolved from, lowest first: `Config`'s defaults, `--preset NAME` (configs/NAME.yaml), `--config FILE`,
+then the flags given. Every run writes the result as `config.yaml` in its logdir, so
+`python train.py --config logs/run_1/config.yaml --logdir logs/run_2` repeats it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from env import PROCGEN_MODES, parse_env_id
+from errors import UsageError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def arg(default, help: str, **kwargs):
+    """A Config field with its command-line help."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+def preset_names() -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+
+
+@dataclass
+class Config:
+    # run
+    env: str = arg("crafter", "crafter, procgen/<game> or atari/<Game> (or a gymnasium id like ALE/Pong-v5)")
+    logdir: str = arg("", "run folder (default: the next free logs/run_<N>)")
+    config: str = arg("", "YAML run file to start from (flags given on the command line still win)")
+    preset: str = arg("", "published recipe to start from: configs/<PRESET>.yaml", choices=("", *preset_names()))
+    overwrite: bool = arg(False, "replace an existing run in --logdir")
+    steps: int = arg(1_000_000, "total environment steps (agent steps summed over envs)")
+    eval_interval: int = arg(100_000, "evaluate every this many steps (and at the end)")
+    eval_episodes: int = arg(20, "episodes per evaluation")
+    eval_envs: int = arg(8, "parallel evaluation envs")
+    num_envs: int = arg(64, "parallel training envs")
+    history_length: int = arg(4, "frames stacked into one observation")
+    seed: int = arg(42, "random seed")
+    device: str = arg("auto", "auto, cpu or cuda[:N]")
+    save_interval: float = arg(10.0, "also save last.pth every this many minutes")
+    resume: str = arg("", "continue the run in this logdir (its last.pth) or from this checkpoint")
+    stop_after: int = arg(0, "stop cleanly once this many steps are done, to go on later with --resume (0: never)")
+    max_env_crashes: int = arg(3, "restart crashed env workers up to this many times, then stop the run")
+    max_bad_updates: int = arg(3, "stop after this many consecutive updates whose every minibatch was non-finite")
+    # policy
+    backbone: str = arg("tf_efficientnetv2_s.in21k_ft_in1k", "any timm model, or nature_cnn / impala_cnn")
+    pretrained: bool = arg(True, "load the backbone's pretrained weights when they can be had")
+    pretrained_file: str = arg("", "load backbone weights from this local file instead of the hub")
+    freeze_backbone: bool = arg(True, "keep backbone weights fixed; train only the heads")
+    head_hidden: int = arg(256, "width of the 3-layer policy and value heads (0: one linear layer each)")
+    feature_norm: bool = arg(True, "LayerNorm on the backbone features, so the heads see unit scale")
+    trunk_hidden: int = arg(0, "a shared dense layer (ReLU) of this width before the heads (0: none)")
+    value_norm: bool = arg(False, "the value head predicts normalized returns (EWMA statistics of the targets)")
+    image_size: int = arg(0, "resize frames to N x N before the backbone (0: native size; ImageNet nets like ~224)")
+    amp: bool = arg(False, "bf16 autocast in the backbone's forward pass (GPUs with bf16: Ampere or newer)")
+    compile: bool = arg(False, "torch.compile the backbone (compiles for a minute or more; for long GPU runs)")
+    # PPO
+    lr: float = arg(3e-4, "Adam learning rate")
+    lr_schedule: str = arg("linear", "learning-rate schedule", choices=("constant", "linear", "cosine"))
+    num_steps: int = arg(128, "rollout length per env per update")
+    update_epochs: int = arg(4, "PPO epochs per rollout")
+    num_minibatches: int = arg(8, "minibatches per epoch")
+    gamma: float = arg(0.99, "discount factor")
+    gae_lambda: float = arg(0.95, "GAE lambda")
+    clip_coef: float = arg(0.2, "PPO ratio clip (also the value clip)")
+    clip_vloss: bool = arg(True, "clip the value loss around the rollout values")
+    ent_coef: float = arg(0.01, "entropy bonus coefficient")
+    vf_coef: float = arg(0.5, "value loss coefficient")
+    max_grad_norm: float = arg(0.5, "global gradient norm clip")
+    target_kl: float | None = arg(None, "stop the epochs early when approx KL exceeds this (none: never)")
+    adv_norm: str = arg(
+        "minibatch",
+        "normalize advantages per minibatch, over the whole batch, or not",
+        choices=("minibatch", "batch", "none"),
+    )
+    adam_eps: float = arg(1e-5, "Adam epsilon (CleanRL and openai/baselines: 1e-5; PyTorch's default: 1e-8)")
+    reward_scaling: str = arg(
+        "auto",
+        "training rewards: auto (Atari sign, Procgen normalize, Crafter none)",
+        choices=("auto", "none", "sign", "normalize"),
+    )
+    reward_norm_gamma: float | None = arg(None, "discount of the return whose std normalizes rewards (none: --gamma)")
+    # game options
+    distribution_mode: str = arg("easy", "Procgen distribution mode", choices=PROCGEN_MODES)
+    start_level: int = arg(0, "Procgen: first training level")
+    num_levels: int = arg(200, "Procgen: number of training levels (0: unlimited); eval uses unseen levels")
+    episodic_life: bool = arg(True, "Atari: a lost life ends the training episode (never in evaluation)")
+    sticky_actions: float = arg(0.0, "Atari: repeat-action probability (0.25 is the v5 protocol)")
+    # logging
+    eval_video: bool = arg(True, "record one evaluation episode as a video (logdir/videos and wandb)")
+    video_every: int = arg(1, "record the video at every this many-th evaluation")
+    video_frames: int = arg(500, "longest evaluation video in frames")
+    progress_interval: float = arg(30.0, "seconds between progress lines when not on a terminal")
+    tensorboard: bool = arg(False, "also write TensorBoard event files to logdir/tensorboard")
+    wandb_mode: str = arg(
+        "auto",
+        "auto: online with a key or login, else offline in the logdir",
+        choices=("auto", "online", "offline", "disabled"),
+    )
+    wandb_project: str = arg("pixelppo", "wandb project")
+    wandb_entity: str = arg("", "wandb entity (team or user)")
+    wandb_key: str = arg("", "wandb API key (never written to disk)")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, math.ceil(self.steps / self.batch_size))
+
+    @property
+    def family(self) -> str:
+        return parse_env_id(self.env).family
+
+    @property
+    def reward_mode(self) -> str:
+        """The training-reward transform, with `auto` resolved per family."""
+        if self.reward_scaling != "auto":
+            return self.reward_scaling
+        return {"atari": "sign", "procgen": "normalize"}.get(self.family, "none")
+
+    def public_dict(self) -> dict:
+        """The resolved config without secrets, as written to checkpoints and wandb."""
+        return {k: v for k, v in asdict(self).items() if k != "wandb_key"}
+
+    def run_file_dict(self) -> dict:
+        """What `config.yaml` holds: every setting of the run, without what one invocation does."""
+        return {k: v for k, v in asdict(self).items() if k not in INVOCATION_ONLY}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict, where: str) -> Config:
+        """A checkpoint's config as a typed Config; a field this version does not know fails loudly."""
+        try:
+            return cls(**{k: v for k, v in saved.items() if k != "wandb_key"})
+        except TypeError as e:
+            raise UsageError(f"{where}: config does not match this pixelppo version ({e})") from None
+
+
+# What one invocation does rather than what the run is: never written to config.yaml.
+INVOCATION_ONLY = {"logdir", "config", "resume", "overwrite", "stop_after", "wandb_key"}
+
+# Flags that may differ from the checkpoint's config when resuming; everything else is the run's own.
+RESUME_OVERRIDES = {
+    "resume", "steps", "stop_after", "device", "save_interval", "max_env_crashes", "max_bad_updates",
+    "wandb_mode", "wandb_project", "wandb_entity", "wandb_key", "overwrite", "eval_video", "video_every",
+    "video_frames", "progress_interval", "amp", "compile",
+}  # fmt: skip
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+# ------------------------------------------------------------------------------------------ flags
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "") else float(text)
+
+
+def build_parser(description: str = "") -> argparse.ArgumentParser:
+    """One flag per Config field; defaults are suppressed so run files can sit between them and the flags."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    types = {"int": int, "float": float, "str": str, "float | None": optional_float}
+    for f in FIELDS.values():
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if f.type == "bool":
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(
+                flag(f.name), type=types[f.type], choices=f.metadata.get("choices"), help=help_text, metavar="X"
+            )
+    return parser
+
+
+def parse_flags(argv: list[str] | None = None, description: str = "") -> dict:
+    """The flags given on the command line, as Config field names -> values."""
+    return vars(build_parser(description).parse_args(argv))
+
+
+# -------------------------------------------------------------------------------------- run files
+
+
+def read_run_file(path: str | os.PathLike) -> dict:
+    """A YAML run file -> checked Config values. Unknown keys, wrong types, bad choices and malformed
+    YAML are one-line UsageErrors naming the file and the key."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or e}{where})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a mapping of settings (key: value), got {type(values).__name__}")
+    return {key: checked_value(path, key, value) for key, value in values.items()}
+
+
+def checked_value(path, key, value):
+    """`value` of `key` from run file `path`, converted to the field's type or rejected."""
+    if key not in FIELDS or key in ("config", "wandb_key"):
+        close = difflib.get_close_matches(str(key), FIELDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; the README lists every key"
+        raise UsageError(f"{path}: unknown key {key!r}{hint}")
+    f = FIELDS[key]
+    converted = convert(f.type, value)
+    if converted is None and not (f.type == "float | None" and value is None):
+        expected = {"float | None": "a number or null", "int": "an integer", "float": "a number"}.get(f.type, f.type)
+        raise UsageError(f"{path}: {key} must be {expected}, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and converted not in choices:
+        raise UsageError(f"{path}: {key} must be one of {', '.join(repr(c) for c in choices)}; got {converted!r}")
+    return converted
+
+
+def convert(kind: str, value):
+    """`value` as Config field type `kind`, or None when it is not one (YAML reads 3e-4 as a string)."""
+    if kind == "bool":
+        return value if isinstance(value, bool) else None
+    if kind == "str":
+        return value if isinstance(value, str) else None
+    if kind == "int":
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if kind in ("float", "float | None"):
+        if isinstance(value, bool):
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+    raise AssertionError(f"no conversion for field type {kind}")
+
+
+def write_run_file(cfg: Config, path: Path) -> None:
+    from checkpoint import atomic_write
+
+    header = "# pixelppo run file: `python train.py --config THIS_FILE --logdir logs/run_N` repeats this run.\n"
+    text = header + yaml.safe_dump(cfg.run_file_dict(), sort_keys=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+# ------------------------------------------------------------------------------------- resolving
+
+
+def config_from_flags(given: dict) -> Config:
+    """Defaults < --preset's file < --config's file < flags; checked, with errors naming where a value came from."""
+    sources: dict[str, str] = {}
+    values: dict = {}
+    preset = given.get("preset", "")
+    files = [CONFIG_DIR / f"{preset}.yaml"] if preset else []
+    if given.get("config"):
+        files.append(Path(given["config"]))
+    for path in files:
+        from_file = read_run_file(path)
+        values |= from_file
+        sources |= dict.fromkeys(from_file, str(path))
+    values |= given
+    sources |= {k: flag(k) for k in given}
+    cfg = Config(**values)
+    if preset and values.get("env") and parse_env_id(cfg.env).family != family_of_preset(preset):
+        raise UsageError(f"preset {preset} is for {family_of_preset(preset)}, not {cfg.env}")
+    validate(cfg, sources)
+    return cfg
+
+
+def family_of_preset(name: str) -> str:
+    env = read_run_file(CONFIG_DIR / f"{name}.yaml").get("env", Config.env)
+    return parse_env_id(env).family
+
+
+def config_from_args(argv: list[str] | None = None) -> Config:
+    """A new run's Config from command-line arguments (see `config_from_flags`)."""
+    given = parse_flags(argv)
+    if "resume" in given:
+        raise UsageError("--resume continues a run from its checkpoint: use train.load_run")
+    return config_from_flags(given)
+
+
+def resumed_config(given: dict, saved: dict, checkpoint: Path) -> Config:
+    """The checkpoint's config, with only the flags in RESUME_OVERRIDES allowed to change."""
+    if "config" in given or "preset" in given:
+        raise UsageError("--config and --preset cannot be combined with --resume (the run keeps its own settings)")
+    changed = sorted(k for k, v in given.items() if k not in RESUME_OVERRIDES and saved.get(k) != v)
+    if changed:
+        raise UsageError(
+            f"{', '.join(map(flag, changed))} cannot change when resuming (the run keeps its own settings)"
+        )
+    run_controls = {"stop_after": 0, "overwrite": False}  # what one invocation does, not part of the run
+    cfg = Config.from_checkpoint(saved, str(checkpoint))
+    cfg = dataclasses.replace(cfg, **(run_controls | given))
+    cfg.resume, cfg.logdir = str(checkpoint), str(checkpoint.parent)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------- validation
+
+# (field, is the value allowed, what is allowed)
+RULES = [
+    ("steps", lambda v: v >= 1, "at least 1"),
+    ("num_envs", lambda v: v >= 1, "at least 1"),
+    ("num_steps", lambda v: v >= 1, "at least 1"),
+    ("history_length", lambda v: v >= 1, "at least 1"),
+    ("eval_interval", lambda v: v >= 1, "at least 1"),
+    ("eval_episodes", lambda v: v >= 1, "at least 1"),
+    ("eval_envs", lambda v: v >= 1, "at least 1"),
+    ("update_epochs", lambda v: v >= 1, "at least 1"),
+    ("num_minibatches", lambda v: v >= 1, "at least 1"),
+    ("head_hidden", lambda v: v >= 0, "0 or more"),
+    ("trunk_hidden", lambda v: v >= 0, "0 or more"),
+    ("image_size", lambda v: v >= 0, "0 or more"),
+    ("adam_eps", lambda v: v > 0, "positive"),
+    ("reward_norm_gamma", lambda v: v is None or 0 < v <= 1, "in (0, 1] or none"),
+    ("lr", lambda v: v > 0, "positive"),
+    ("gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("clip_coef", lambda v: v > 0, "positive"),
+    ("max_grad_norm", lambda v: v > 0, "positive"),
+    ("ent_coef", lambda v: v >= 0, "0 or more"),
+    ("vf_coef", lambda v: v >= 0, "0 or more"),
+    ("target_kl", lambda v: v is None or v > 0, "positive or none"),
+    ("sticky_actions", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("start_level", lambda v: v >= 0, "0 or more"),
+    ("num_levels", lambda v: v >= 0, "0 or more"),
+    ("save_interval", lambda v: v > 0, "positive"),
+    ("stop_after", lambda v: v >= 0, "0 or more"),
+    ("max_env_crashes", lambda v: v >= 0, "0 or more"),
+    ("max_bad_updates", lambda v: v >= 1, "at least 1"),
+    ("video_every", lambda v: v >= 1, "at least 1"),
+    ("video_frames", lambda v: v >= 1, "at least 1"),
+    ("progress_interval", lambda v: v > 0, "positive"),
+]
+
+
+def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
+    """Reject impossible settings before anything starts; messages name the flag or file a value came from."""
+    sources = sources or {}
+
+    def where(key: str) -> str:
+        source = sources.get(key, flag(key))
+        return f"{source} {getattr(cfg, key)}" if source.startswith("--") else f"{source}: {key} = {getattr(cfg, key)}"
+
+    parse_env_id(cfg.env)
+    for key, ok, allowed in RULES:
+        if not ok(getattr(cfg, key)):
+            raise UsageError(f"{where(key)}: must be {allowed}")
+    if cfg.batch_size % cfg.num_minibatches or cfg.num_minibatches > cfg.batch_size:
+        raise UsageError(
+            f"{where('num_minibatches')}: must divide the batch of {cfg.num_envs} envs x {cfg.num_steps} steps "
+            f"= {cfg.batch_size}"
+        )
+    from policy import check_backbone
+
+    check_backbone(cfg.backbone)
+    if cfg.pretrained_file and not os.path.isfile(cfg.pretrained_file):
+        raise UsageError(f"{where('pretrained_file')}: file not found")
+    resolve_device(cfg.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"unknown --device {name!r}") from e

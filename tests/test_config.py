@@ -1,0 +1,130 @@
+"""Run files: presets as YAML, layering, the resolved config.yaml round trip, bad files, TensorBoard, progress."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from config import CONFIG_DIR, FIELDS, INVOCATION_ONLY, Config, config_from_args, preset_names
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PROCGEN = [
+    "--env", "procgen/bigfish", "--backbone", "nature_cnn", "--no-pretrained", "--no-freeze-backbone",
+    "--head-hidden", "16", "--num-envs", "4", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "2",
+    "--steps", "384", "--eval-interval", "256", "--eval-episodes", "2", "--eval-envs", "2", "--no-eval-video",
+    "--wandb-mode", "disabled", "--device", "cpu",
+]  # fmt: skip
+
+
+def test_default_file_is_the_default_run():
+    """configs/default.yaml lists every setting of a run, each with Config's default."""
+    values = yaml.safe_load((CONFIG_DIR / "default.yaml").read_text())
+    expected = {k: v for k, v in Config().run_file_dict().items() if k != "preset"}
+    assert values == expected
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_file_resolves_to_a_valid_config(name):
+    cfg = config_from_args(["--preset", name])
+    values = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    assert all(getattr(cfg, k) == pytest.approx(v) if isinstance(v, float) else getattr(cfg, k) == v
+               for k, v in values.items())  # fmt: skip
+
+
+def test_preset_then_file_then_flags(tmp_path):
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text("lr: 1.0e-3\nclip_coef: 0.3\nnum_envs: 16\n")
+    cfg = config_from_args(["--preset", "atari-cleanrl", "--config", str(run_file), "--num-envs", "4"])
+    assert (cfg.backbone, cfg.lr, cfg.clip_coef, cfg.num_envs) == ("nature_cnn", 1e-3, 0.3, 4)
+    assert config_from_args(["--config", str(run_file)]).backbone == Config.backbone
+
+
+def test_yaml_numbers_written_as_3e_4_are_read_as_numbers(tmp_path):
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text("lr: 3e-4\n")  # YAML 1.1 reads this as a string
+    assert config_from_args(["--config", str(run_file)]).lr == 3e-4
+
+
+def final_weights(logdir: Path) -> dict:
+    return torch.load(logdir / "last.pth", weights_only=True)["model"]
+
+
+def test_resolved_config_repeats_the_run_exactly(tmp_path):
+    """A run's config.yaml, given back with --config, trains bit-identical weights on the CPU; --tensorboard
+    writes the metrics under the keys metrics.jsonl has."""
+    first, second = tmp_path / "run_1", tmp_path / "run_2"
+    assert train.main([*TINY_PROCGEN, "--seed", "3", "--tensorboard", "--logdir", str(first)]) == 0
+    resolved = yaml.safe_load((first / "config.yaml").read_text())
+    assert resolved["seed"] == 3 and not set(resolved) & INVOCATION_ONLY and set(resolved) <= set(FIELDS)
+    assert train.main(["--config", str(first / "config.yaml"), "--logdir", str(second)]) == 0
+    a, b = final_weights(first), final_weights(second)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (second / "config.yaml").read_text() == (first / "config.yaml").read_text()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(first / "tensorboard"))
+    events.Reload()
+    logged = {k for line in (first / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
+    assert {"losses/approx_kl", "eval/mean_return", "perf/sps"} <= set(events.Tags()["scalars"])
+    assert set(events.Tags()["scalars"]) <= logged
+
+
+BAD_FILES = {
+    "unknown key": ("lrr: 0.1\n", "unknown key 'lrr'; did you mean 'lr'?"),
+    "wrong type": ("num_envs: many\n", "num_envs must be an integer, got 'many'"),
+    "out of range": ("gamma: 1.5\n", "gamma = 1.5: must be in (0, 1]"),
+    "bad choice": ("lr_schedule: exponential\n", "lr_schedule must be one of"),
+    "malformed": ("lr: [0.1\n", "not valid YAML"),
+    "not a mapping": ("- lr\n", "expected a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_config_file_is_one_line_naming_file_and_key(case, tmp_path):
+    text, expected = BAD_FILES[case]
+    run_file = tmp_path / "bad.yaml"
+    run_file.write_text(text)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config", str(run_file), "--logdir", str(tmp_path / "run_1")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "\n" not in err, err
+    assert err.startswith(f"train.py: error: {run_file}") and expected in err, err
+    assert not (tmp_path / "run_1").exists()
+
+
+def test_missing_config_file_and_config_on_resume_are_refused(tmp_path, capsys):
+    assert train.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+    assert train.main(["--resume", str(tmp_path), "--config", str(tmp_path / "x.yaml")]) == 2
+
+
+def test_progress_shows_within_seconds_of_the_start(tmp_path):
+    """On a pipe, a progress line with the phase and SPS comes a few seconds after the start, long before
+    the first rollout (64 envs x 1024 steps) is collected."""
+    args = [*TINY_PROCGEN, "--num-envs", "64", "--num-steps", "1024", "--num-minibatches", "8",
+            "--steps", "65536", "--logdir", str(tmp_path / "run_1")]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-u", str(ROOT / "train.py"), *args], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        started = None
+        for line in proc.stdout:
+            if line.startswith("pixelppo:"):
+                started = time.time()
+            elif started and line.startswith("step "):
+                break
+        assert started is not None and time.time() - started < 15
+        assert "collecting" in line and "sps" in line
+        assert int(line.split()[1].split("/")[0].replace(",", "")) < 65536  # still in the first rollout
+    finally:
+        proc.kill()
+        proc.wait()

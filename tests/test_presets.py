@@ -1,0 +1,93 @@
+"""The presets are their sources' recipes: settings and networks point by point (see configs/*.yaml)."""
+
+import math
+
+import pytest
+import torch
+
+from agent import PPO
+from config import config_from_args
+from policy import ActorCritic, MoonImpalaCNN, PolicySpec
+
+
+def preset_policy(name: str, obs_shape, frame_channels: int, num_actions: int) -> tuple:
+    cfg = config_from_args(["--preset", name])
+    spec = PolicySpec(
+        cfg.backbone, obs_shape, frame_channels, num_actions, cfg.head_hidden, cfg.freeze_backbone,
+        cfg.feature_norm, cfg.trunk_hidden, cfg.value_norm, cfg.image_size,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return cfg, ActorCritic(spec)
+
+
+def row_norms(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().flatten(1).norm(dim=1)
+
+
+def test_crafter_moon_is_moon_et_al():
+    cfg, policy = preset_policy("crafter-moon", (3, 64, 64), 3, 17)
+    settings = (cfg.num_envs, cfg.num_steps, cfg.steps, cfg.update_epochs, cfg.num_minibatches, cfg.lr,
+                cfg.lr_schedule, cfg.gamma, cfg.gae_lambda, cfg.clip_coef, cfg.clip_vloss, cfg.ent_coef,
+                cfg.max_grad_norm, cfg.adv_norm, cfg.reward_scaling, cfg.history_length)  # fmt: skip
+    assert settings == (8, 512, 1_024_000, 3, 8, 3e-4, "constant", 0.95, 0.65, 0.2, False, 0.01, 0.5, "batch",
+                        "none", 1)  # fmt: skip
+    assert cfg.vf_coef * 0.5 == 0.5  # their loss: pi + 0.5 * mse(normalized value, normalized target)
+    assert PPO(policy, cfg).optimizer.defaults["eps"] == 1e-8
+    backbone = policy.backbone
+    assert isinstance(backbone, MoonImpalaCNN) and backbone.num_features == 256
+    stages = list(backbone.stages)
+    assert [s.conv.conv.out_channels for s in stages] == [64, 128, 128]
+    assert stages[0].conv.conv.bias is not None and isinstance(stages[0].conv.norm, torch.nn.Identity)
+    assert all(isinstance(s.conv.norm, torch.nn.GroupNorm) and s.conv.norm.num_groups == 1 for s in stages[1:])
+    assert all(s.post_pool_norm.num_groups == 1 for s in stages)
+    block_conv = stages[1].blocks[0][0].conv
+    assert block_conv.bias is None
+    torch.testing.assert_close(row_norms(block_conv.weight), torch.full((128,), (1 / 6) ** 0.25), atol=1e-5, rtol=0)
+    torch.testing.assert_close(row_norms(stages[2].conv.conv.weight), torch.ones(128), atol=1e-5, rtol=0)
+    assert backbone.dense_norm.normalized_shape == (128 * 8 * 8,) and backbone.fc.bias is None
+    torch.testing.assert_close(row_norms(backbone.fc.weight), torch.full((256,), 1.4), atol=1e-5, rtol=0)
+    assert isinstance(policy.feature_norm, torch.nn.LayerNorm) and policy.feature_norm.normalized_shape == (256,)
+    trunk = policy.trunk[0]
+    assert (trunk.in_features, trunk.out_features, trunk.bias) == (256, 1024, None)
+    torch.testing.assert_close(row_norms(trunk.weight), torch.ones(1024), atol=1e-5, rtol=0)
+    assert policy.policy_head.weight.shape == (17, 1024) and policy.value_head.weight.shape == (1, 1024)
+    assert row_norms(policy.value_head.weight).item() == pytest.approx(0.1, abs=1e-5)
+    assert policy.value_normalizer is not None
+
+
+def test_procgen_official_is_train_procgen():
+    cfg, policy = preset_policy("procgen-official", (3, 64, 64), 3, 15)
+    settings = (cfg.num_envs, cfg.num_steps, cfg.update_epochs, cfg.num_minibatches, cfg.lr, cfg.lr_schedule,
+                cfg.gamma, cfg.gae_lambda, cfg.clip_coef, cfg.clip_vloss, cfg.ent_coef, cfg.vf_coef,
+                cfg.max_grad_norm, cfg.adv_norm, cfg.adam_eps, cfg.reward_mode, cfg.reward_norm_gamma,
+                cfg.history_length, cfg.distribution_mode, cfg.num_levels)  # fmt: skip
+    assert settings == (64, 256, 3, 8, 5e-4, "constant", 0.999, 0.95, 0.2, True, 0.01, 0.5, 0.5, "minibatch",
+                        1e-5, "normalize", 0.99, 1, "easy", 200)  # fmt: skip
+    assert [s.conv.out_channels for s in policy.backbone.stages] == [16, 32, 32]
+    assert policy.backbone.fc.out_features == 256 and policy.backbone.fc.in_features == 32 * 8 * 8
+    assert isinstance(policy.feature_norm, torch.nn.Identity) and isinstance(policy.trunk, torch.nn.Identity)
+    assert policy.policy_head.weight.shape == (15, 256)
+    assert row_norms(policy.policy_head.weight).max().item() == pytest.approx(0.01, abs=1e-5)
+    assert row_norms(policy.value_head.weight).item() == pytest.approx(1.0, abs=1e-5)
+    conv = policy.backbone.stages[0].blocks[0].conv0
+    bound = math.sqrt(6 / (9 * 16 + 9 * 16))  # glorot uniform
+    assert conv.weight.abs().max() <= bound and torch.count_nonzero(conv.bias) == 0
+
+
+def test_atari_cleanrl_is_cleanrl():
+    cfg, policy = preset_policy("atari-cleanrl", (4, 84, 84), 1, 4)
+    settings = (cfg.num_envs, cfg.num_steps, cfg.steps, cfg.update_epochs, cfg.num_minibatches, cfg.lr,
+                cfg.lr_schedule, cfg.gamma, cfg.gae_lambda, cfg.clip_coef, cfg.clip_vloss, cfg.ent_coef,
+                cfg.vf_coef, cfg.max_grad_norm, cfg.adv_norm, cfg.adam_eps, cfg.reward_mode, cfg.history_length,
+                cfg.episodic_life, cfg.sticky_actions)  # fmt: skip
+    assert settings == (8, 128, 10_000_000, 4, 4, 2.5e-4, "linear", 0.99, 0.95, 0.1, True, 0.01, 0.5, 0.5,
+                        "minibatch", 1e-5, "sign", 4, True, 0.0)  # fmt: skip
+    assert isinstance(policy.feature_norm, torch.nn.Identity)
+    convs = [m for m in policy.backbone.convs if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [(32, 8, 4), (64, 4, 2), (64, 3, 1)]
+    for layer in (*convs, policy.backbone.fc):
+        expected = math.sqrt(2) if layer.weight.flatten(1).shape[0] <= layer.weight.flatten(1).shape[1] else None
+        if expected:
+            torch.testing.assert_close(row_norms(layer.weight), torch.full_like(row_norms(layer.weight), expected))
+    assert policy.policy_head.weight.shape == (4, 512)
+    assert row_norms(policy.value_head.weight).item() == pytest.approx(1.0, abs=1e-5)
