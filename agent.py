@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 import torch.nn as nn
 
+from augment import augment
 from buffer import RolloutBuffer
 from policy import ActorCritic
 
@@ -27,6 +28,7 @@ class PPOSettings(Protocol):
     target_kl: float | None
     adv_norm: str
     adam_eps: float
+    augment: str
 
 
 def scheduled_lr(hp: PPOSettings, progress: float) -> float:
@@ -98,6 +100,12 @@ class PPO:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def minibatch_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Cached features as they are; frames (B, K*C, H, W) through --augment, then the backbone."""
+        if self.policy.caches_features:
+            return inputs
+        return self.policy.features(augment(inputs, self.hp.augment, self.generator))
+
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:
         """-> mean of each loss piece over the applied minibatches, plus grad norm, explained variance and
         how many minibatches were skipped for a non-finite loss or gradient (they never touch the weights)."""
@@ -111,8 +119,10 @@ class PPO:
             epochs += 1
             epoch_kl = []
             for mb in buffer.minibatches(self.hp.num_minibatches, self.generator):
-                features = mb.inputs if self.policy.caches_features else self.policy.features(mb.inputs)
-                new_logprob, entropy, new_value = self.policy.evaluate_actions(features, mb.actions)
+                features = self.minibatch_features(mb.inputs)
+                new_logprob, entropy, new_value = self.policy.evaluate_actions(
+                    features, mb.actions, mb.initial_state, mb.starts
+                )
                 old_values, returns = mb.values, mb.returns
                 if normalizer is not None:  # the head predicts normalized returns (Moon et al.'s ScaledMSEHead)
                     normalizer.update(returns)

@@ -17,6 +17,8 @@ class Minibatch:
     values: torch.Tensor  # (B,) value estimates of the rollout policy
     advantages: torch.Tensor  # (B,)
     returns: torch.Tensor  # (B,) value targets: advantages + values
+    starts: torch.Tensor  # (B,) bool: the obs is the first of an episode
+    initial_state: torch.Tensor | None = None  # (n, S) recurrent state of the minibatch's n envs at step 0
 
 
 class StackedFrames:
@@ -75,8 +77,10 @@ class RolloutBuffer:
     run the backbone again and the frames need not be kept.
 
     `dones[t]` marks that the episode of each env ended at step t (terminated or truncated), so
-    obs[t + 1] belongs to a new episode. `bootstrap[t]` is V(final_obs) for a truncated step, 0 else:
-    a truncated episode is cut by a time limit, not by the game, so its value is not zero.
+    obs[t + 1] belongs to a new episode; `starts[t]` marks obs[t] as an episode's first (a recurrent policy
+    zeroes its state there) and `initial_state` holds the recurrent state before step 0. `bootstrap[t]` is
+    V(final_obs) for a truncated step, 0 else: a truncated episode is cut by a time limit, not by the game, so
+    its value is not zero.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class RolloutBuffer:
         device: torch.device,
         feature_dim: int | None = None,
         frame_channels: int | None = None,
+        state_size: int = 0,
     ):
         self.num_steps, self.num_envs, self.device = num_steps, num_envs, device
         shape = (num_steps, num_envs)
@@ -105,6 +110,8 @@ class RolloutBuffer:
         self.bootstrap = torch.zeros(shape, device=device)
         self.advantages = torch.zeros(shape, device=device)
         self.returns = torch.zeros(shape, device=device)
+        self.starts = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.initial_state = torch.zeros(num_envs, state_size, device=device) if state_size else None
 
     @property
     def batch_size(self) -> int:
@@ -120,8 +127,10 @@ class RolloutBuffer:
         rewards: torch.Tensor,
         dones: torch.Tensor,
         bootstrap: torch.Tensor,
+        starts: torch.Tensor | None = None,
     ) -> None:
-        """Store step t of every env: the obs (or its features) acted on and what followed."""
+        """Store step t of every env: the obs (or its features) acted on, whether it began an episode, and what
+        followed."""
         if isinstance(self.inputs, StackedFrames):
             self.inputs.add(t, inputs)
         else:
@@ -132,6 +141,8 @@ class RolloutBuffer:
         self.rewards[t] = rewards
         self.dones[t] = dones
         self.bootstrap[t] = bootstrap
+        if starts is not None:
+            self.starts[t] = starts
 
     def compute_advantages(self, last_values: torch.Tensor, gamma: float, gae_lambda: float) -> None:
         """GAE(lambda) advantages and returns; `last_values` (N,) is V(obs after the last step)."""
@@ -152,15 +163,24 @@ class RolloutBuffer:
         self.advantages = (self.advantages - self.advantages.mean()) / (self.advantages.std() + 1e-8)
 
     def minibatches(self, num_minibatches: int, generator: torch.Generator | None = None) -> Iterator[Minibatch]:
-        """One pass over the flattened rollout in random minibatches."""
-        order = torch.randperm(self.batch_size, generator=generator).to(self.device)
+        """One pass over the flattened rollout in random minibatches: random steps, or, with a recurrent
+        policy (initial_state set), random sets of whole env sequences, time-major (t * n + env)."""
         flat = lambda x: x.reshape(self.batch_size, *x.shape[2:])  # noqa: E731
         stacked = isinstance(self.inputs, StackedFrames)
         inputs = self.inputs.gather if stacked else flat(self.inputs).__getitem__
         actions, logprobs, values = flat(self.actions), flat(self.logprobs), flat(self.values)
-        advantages, returns = flat(self.advantages), flat(self.returns)
-        for idx in order.chunk(num_minibatches):
-            yield Minibatch(inputs(idx), actions[idx], logprobs[idx], values[idx], advantages[idx], returns[idx])
+        advantages, returns, starts = flat(self.advantages), flat(self.returns), flat(self.starts)
+        if self.initial_state is None:
+            groups = torch.randperm(self.batch_size, generator=generator).to(self.device).chunk(num_minibatches)
+        else:
+            envs = torch.randperm(self.num_envs, generator=generator).to(self.device).chunk(num_minibatches)
+            steps = torch.arange(self.num_steps, device=self.device)[:, None] * self.num_envs
+            groups = [(steps + e[None, :]).flatten() for e in envs]
+        for i, idx in enumerate(groups):
+            state = None if self.initial_state is None else self.initial_state[envs[i]]
+            yield Minibatch(
+                inputs(idx), actions[idx], logprobs[idx], values[idx], advantages[idx], returns[idx], starts[idx], state
+            )
 
 
 class RunningMeanStd:

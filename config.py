@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from augment import AUGMENTATIONS
 from env import PROCGEN_MODES, parse_env_id
 from errors import UsageError
 
@@ -64,6 +65,8 @@ class Config:
     trunk_hidden: int = arg(0, "a shared dense layer (ReLU) of this width before the heads (0: none)")
     value_norm: bool = arg(False, "the value head predicts normalized returns (EWMA statistics of the targets)")
     image_size: int = arg(0, "resize frames to N x N before the backbone (0: native size; ImageNet nets like ~224)")
+    recurrent: str = arg("none", "recurrent core between the trunk and the heads", choices=("none", "gru", "lstm"))
+    recurrent_size: int = arg(256, "units of the recurrent core")
     amp: bool = arg(False, "bf16 autocast in the backbone's forward pass (GPUs with bf16: Ampere or newer)")
     compile: bool = arg(False, "torch.compile the backbone (compiles for a minute or more; for long GPU runs)")
     # PPO
@@ -85,6 +88,7 @@ class Config:
         "normalize advantages per minibatch, over the whole batch, or not",
         choices=("minibatch", "batch", "none"),
     )
+    augment: str = arg("none", "augment frames in the update: DrAC random shift or RAD crop", choices=AUGMENTATIONS)
     adam_eps: float = arg(1e-5, "Adam epsilon (CleanRL and openai/baselines: 1e-5; PyTorch's default: 1e-8)")
     reward_scaling: str = arg(
         "auto",
@@ -336,6 +340,7 @@ RULES = [
     ("head_hidden", lambda v: v >= 0, "0 or more"),
     ("trunk_hidden", lambda v: v >= 0, "0 or more"),
     ("image_size", lambda v: v >= 0, "0 or more"),
+    ("recurrent_size", lambda v: v >= 1, "at least 1"),
     ("adam_eps", lambda v: v > 0, "positive"),
     ("reward_norm_gamma", lambda v: v is None or 0 < v <= 1, "in (0, 1] or none"),
     ("lr", lambda v: v > 0, "positive"),
@@ -375,6 +380,11 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
         raise UsageError(
             f"{where('num_minibatches')}: must divide the batch of {cfg.num_envs} envs x {cfg.num_steps} steps "
             f"= {cfg.batch_size}"
+        )
+    if cfg.recurrent != "none" and cfg.num_envs % cfg.num_minibatches:
+        raise UsageError(
+            f"{where('num_minibatches')}: a recurrent policy trains on whole env sequences, so it must divide "
+            f"--num-envs {cfg.num_envs}"
         )
     from policy import check_backbone
 

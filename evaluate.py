@@ -96,6 +96,7 @@ def run_episodes(
     was_training = policy.training
     policy.eval()
     obs = envs.reset()
+    state, starts = policy.initial_state(envs.num_envs), torch.ones(envs.num_envs, dtype=torch.bool, device=device)
     if video_frames:
         frames.append(envs.render(0))
     while (done < quotas).any():
@@ -103,8 +104,9 @@ def run_episodes(
             result.complete = False
             break
         with torch.inference_mode():
-            act = policy.act(torch.as_tensor(obs, device=device), deterministic, generator)
+            act = policy.act(torch.as_tensor(obs, device=device), state, starts, deterministic, generator)
         step = envs.step(act.action.cpu().numpy())
+        state, starts = act.state, torch.as_tensor(step.terminated | step.truncated, device=device)
         if collect_values:
             for i in range(envs.num_envs):
                 values[i].append(float(act.value[i]))

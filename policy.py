@@ -343,6 +343,8 @@ class PolicySpec:
     trunk_hidden: int = 0  # a shared dense layer (with ReLU) between the features and the heads; 0: none
     value_norm: bool = False  # the value head predicts normalized returns (EwmaNormalizer)
     image_size: int = 0  # frames resized to this square size before the backbone; 0: native size
+    recurrent: str = "none"  # none, gru or lstm: a recurrent core between the trunk and the heads
+    recurrent_size: int = 256
 
     def to_dict(self) -> dict:
         return asdict(self) | {"obs_shape": list(self.obs_shape)}
@@ -399,11 +401,51 @@ class EwmaNormalizer(nn.Module):
         return x * std + mean
 
 
+class RecurrentCore(nn.Module):
+    """A GRU or LSTM over each env's sequence of latents. Its state is one tensor (B, S) (LSTM: h and c side by
+    side), zeroed wherever an episode starts. A sequence is run with one call of the recurrent module per
+    stretch of steps in which no env starts an episode (one call for the whole sequence when none does)."""
+
+    def __init__(self, kind: str, in_dim: int, size: int):
+        super().__init__()
+        self.kind, self.size = kind, size
+        self.rnn = (nn.GRU if kind == "gru" else nn.LSTM)(in_dim, size)
+        for name, param in self.rnn.named_parameters():  # CleanRL's ppo_atari_lstm init
+            nn.init.orthogonal_(param) if "weight" in name else nn.init.zeros_(param)
+
+    @property
+    def state_size(self) -> int:
+        return self.size * (2 if self.kind == "lstm" else 1)
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.zeros(batch, self.state_size, device=device)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (T, B, D), state (B, S) before step 0, starts (T, B) bool: step t begins an episode (its state is
+        zeroed first) -> outputs (T, B, H), state (B, S) after the last step."""
+        cuts = (torch.nonzero(starts[1:].any(1)).flatten() + 1).tolist()  # one host sync for the whole sequence
+        outputs = []
+        for a, b in zip([0, *cuts], [*cuts, len(x)], strict=True):
+            state = state * ~starts[a, :, None]
+            out, state = self.run(x[a:b], state)
+            outputs.append(out)
+        return torch.cat(outputs), state
+
+    def run(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kind == "gru":
+            out, h = self.rnn(x, state[None].contiguous())
+            return out, h[0]
+        h, c = state.chunk(2, dim=-1)
+        out, (h, c) = self.rnn(x, (h[None].contiguous(), c[None].contiguous()))
+        return out, torch.cat([h[0], c[0]], dim=-1)
+
+
 class Act(NamedTuple):
     action: torch.Tensor  # (B,)
     logprob: torch.Tensor  # (B,)
     value: torch.Tensor  # (B,) in reward units
     features: torch.Tensor  # (B, F) backbone output
+    state: torch.Tensor | None  # (B, S) the recurrent state after this step; None without a recurrent core
 
 
 class ActorCritic(nn.Module):
@@ -434,10 +476,15 @@ class ActorCritic(nn.Module):
             dense = nn.Linear(feature_dim, spec.trunk_hidden, bias=not spec.feature_norm)
             self.trunk = nn.Sequential(fan_in_init(dense, 1.0), nn.ReLU())
         head_in = spec.trunk_hidden or feature_dim
+        self.core = None
+        if spec.recurrent != "none":
+            self.core = RecurrentCore(spec.recurrent, head_in, spec.recurrent_size)
+            head_in = spec.recurrent_size
         self.policy_head = mlp_head(head_in, spec.head_hidden, spec.num_actions, out_gain=0.01)
         # a normalized value head starts small (Moon et al.'s ScaledMSEHead: gain 0.1)
         self.value_head = mlp_head(head_in, spec.head_hidden, 1, out_gain=0.1 if spec.value_norm else 1.0)
         self.value_normalizer = EwmaNormalizer() if spec.value_norm else None
+        self.cache_features = spec.freeze_backbone  # off when the update must see other inputs (augmentation)
         if spec.freeze_backbone:
             self.backbone.requires_grad_(False)
 
@@ -462,26 +509,59 @@ class ActorCritic(nn.Module):
     @property
     def caches_features(self) -> bool:
         """A frozen backbone maps each observation to fixed features: compute them once per rollout."""
-        return self.spec.freeze_backbone
+        return self.cache_features
 
-    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B, F) -> logits (B, A), value (B,) in the value head's units (normalized with value_norm)."""
+    def initial_state(self, batch: int) -> torch.Tensor | None:
+        """The recurrent state of `batch` envs before their first step (None without a recurrent core)."""
+        return None if self.core is None else self.core.initial_state(batch, self.pixel_scale.device)
+
+    def heads(
+        self, features: torch.Tensor, state: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """features (B, F) -> logits (B, A), value (B,) in the value head's units (normalized with value_norm),
+        and the recurrent state after this step. With a recurrent core, features may also be sequences
+        (T, B, F) with starts (T, B); outputs are then (T, B, ...)."""
         latent = self.trunk(self.feature_norm(features))
-        return self.policy_head(latent), self.value_head(latent).squeeze(-1)
+        if self.core is not None:
+            single = latent.dim() == 2
+            if single:
+                latent, starts = latent[None], starts[None]
+            latent, state = self.core(latent, state, starts)
+            latent = latent[0] if single else latent
+        return self.policy_head(latent), self.value_head(latent).squeeze(-1), state
 
     def to_reward_units(self, value: torch.Tensor) -> torch.Tensor:
         return value if self.value_normalizer is None else self.value_normalizer.denormalize(value)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """obs (B, K*C, H, W) uint8 -> logits (B, A), value (B,) in reward units."""
-        logits, value = self.heads(self.features(obs))
+    def forward(
+        self, obs: torch.Tensor, state: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs (B, K*C, H, W) uint8 -> logits (B, A), value (B,) in reward units; a recurrent policy also takes
+        its state (B, S) and starts (B,) bool: obs is the first of an episode."""
+        state, starts = self.fill_memory(obs, state, starts)
+        logits, value, _ = self.heads(self.features(obs), state, starts)
         return logits, self.to_reward_units(value)
 
-    def act(self, obs: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None) -> Act:
-        """Sample (or argmax) actions for obs (B, K*C, H, W) uint8; sampling draws from `generator` when
-        given (evaluation), else from torch's global RNG."""
+    def fill_memory(self, obs: torch.Tensor, state, starts) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Default memory for a recurrent policy called without one: a fresh episode."""
+        if self.core is None or state is not None:
+            return state, starts
+        return self.initial_state(len(obs)), torch.ones(len(obs), dtype=torch.bool, device=obs.device)
+
+    def act(
+        self,
+        obs: torch.Tensor,
+        state: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Act:
+        """Sample (or argmax) actions for obs (B, K*C, H, W) uint8, continuing the recurrent `state` (B, S)
+        (zeroed where `starts` (B,) marks an episode's first obs); sampling draws from `generator` when given
+        (evaluation), else from torch's global RNG."""
+        state, starts = self.fill_memory(obs, state, starts)
         features = self.features(obs)
-        logits, value = self.heads(features)
+        logits, value, state = self.heads(features, state, starts)
         dist = Categorical(logits=logits, validate_args=False)
         if deterministic:
             action = logits.argmax(-1)
@@ -489,15 +569,27 @@ class ActorCritic(nn.Module):
             action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
         else:
             action = dist.sample()
-        return Act(action, dist.log_prob(action), self.to_reward_units(value), features)
+        return Act(action, dist.log_prob(action), self.to_reward_units(value), features, state)
 
-    def evaluate_actions(self, features: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def evaluate_actions(
+        self,
+        features: torch.Tensor,
+        actions: torch.Tensor,
+        state: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """features (B, F) -> log-prob (B,), entropy (B,), value (B,) in the value head's units, of `actions`
-        under the current policy."""
-        logits, value = self.heads(features)
-        dist = Categorical(logits=logits, validate_args=False)
-        return dist.log_prob(actions), dist.entropy(), value
+        under the current policy. A recurrent policy re-runs whole env sequences: B = T * n time-major, from
+        `state` (n, S) at step 0, with `starts` (B,) where episodes begin."""
+        if self.core is not None:
+            n = len(state)
+            features, starts = features.view(-1, n, features.shape[-1]), starts.view(-1, n)
+        logits, value, _ = self.heads(features, state, starts)
+        dist = Categorical(logits=logits.reshape(-1, logits.shape[-1]), validate_args=False)
+        return dist.log_prob(actions), dist.entropy(), value.reshape(-1)
 
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
+    def value(
+        self, obs: torch.Tensor, state: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """obs (B, K*C, H, W) uint8 -> V(obs) (B,) in reward units."""
-        return self.forward(obs)[1]
+        return self.forward(obs, state, starts)[1]

@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -96,7 +97,23 @@ def make_train_env(cfg: Config) -> VecEnv:
 
 def make_buffer(cfg: Config, policy: ActorCritic, envs: VecEnv, device: torch.device) -> RolloutBuffer:
     feature_dim = policy.feature_dim if policy.caches_features else None
-    return RolloutBuffer(cfg.num_steps, cfg.num_envs, envs.obs_shape, device, feature_dim, envs.frame_channels)
+    state_size = policy.core.state_size if policy.core is not None else 0
+    return RolloutBuffer(
+        cfg.num_steps, cfg.num_envs, envs.obs_shape, device, feature_dim, envs.frame_channels, state_size
+    )
+
+
+@dataclass
+class Memory:
+    """What a policy carries from one env step to the next: its recurrent state (N, S) (None without a
+    recurrent core) and which observations begin an episode (N,) bool."""
+
+    state: torch.Tensor | None
+    starts: torch.Tensor
+
+    @classmethod
+    def fresh(cls, policy: ActorCritic, num_envs: int, device: torch.device) -> Memory:
+        return cls(policy.initial_state(num_envs), torch.ones(num_envs, dtype=torch.bool, device=device))
 
 
 class HostToDevice:
@@ -127,23 +144,27 @@ def collect_rollout(
     policy: ActorCritic,
     buffer: RolloutBuffer,
     obs: np.ndarray,
+    memory: Memory,
     scaler: RewardScaler,
     timing: dict[str, float],
     to_device: HostToDevice,
     should_stop: Callable[[], bool] = lambda: False,
     on_step: Callable[[int], None] = lambda t: None,
-) -> tuple[np.ndarray, list, bool]:
-    """Fill `buffer` with num_steps steps of every env, starting from `obs`; `on_step(t)` after each step.
-    -> (next obs, finished episodes, whether the rollout is complete; not when `should_stop()` cut it)."""
+) -> tuple[np.ndarray, Memory, list, bool]:
+    """Fill `buffer` with num_steps steps of every env, starting from `obs` and `memory`; `on_step(t)` after
+    each step. -> (next obs, next memory, finished episodes, whether the rollout is complete; not when
+    `should_stop()` cut it)."""
     policy.eval()
     episodes = []
+    if memory.state is not None:
+        buffer.initial_state.copy_(memory.state)
     for t in range(buffer.num_steps):
         if should_stop():
-            return obs, episodes, False
+            return obs, memory, episodes, False
         tic = time.perf_counter()
         obs_t = to_device(obs)  # (N, K*C, H, W) uint8: frames become floats on the device
         with torch.inference_mode():
-            act = policy.act(obs_t)
+            act = policy.act(obs_t, memory.state, memory.starts)
         actions = act.action.cpu().numpy()  # the one sync per step: the envs need the actions
         tac = time.perf_counter()
         result = envs.step(actions)
@@ -153,16 +174,21 @@ def collect_rollout(
         bootstrap = torch.zeros(envs.num_envs, device=buffer.device)
         if result.truncated.any():  # time limit: the episode's value beyond it is V(final obs), not 0
             with torch.inference_mode():
+                cut = to_device(result.truncated)
                 final = to_device(result.final_obs[result.truncated])
-                bootstrap[to_device(result.truncated)] = policy.value(final)
+                state = None if act.state is None else act.state[cut]
+                fresh = torch.zeros(len(final), dtype=torch.bool, device=buffer.device)
+                bootstrap[cut] = policy.value(final, state, fresh)
         inputs = act.features if policy.caches_features else obs_t
-        buffer.add(t, inputs, act.action, act.logprob, act.value, rewards_dones[0], rewards_dones[1], bootstrap)
+        rewards, ended = rewards_dones[0], rewards_dones[1]
+        buffer.add(t, inputs, act.action, act.logprob, act.value, rewards, ended, bootstrap, memory.starts)
+        memory = Memory(act.state, ended.bool())
         obs = result.obs
         episodes.extend(result.episodes)
         timing["inference"] += tac - tic + time.perf_counter() - toc
         timing["env"] += toc - tac
         on_step(t)
-    return obs, episodes, True
+    return obs, memory, episodes, True
 
 
 class Trainer:
@@ -197,6 +223,8 @@ class Trainer:
             cfg.trunk_hidden,
             cfg.value_norm,
             cfg.image_size,
+            cfg.recurrent,
+            cfg.recurrent_size,
         )
         pretrained = cfg.pretrained and resume is None  # a resumed run's weights come from its checkpoint
         self.policy = ActorCritic(self.spec, pretrained, cfg.pretrained_file if pretrained else "").to(self.device)
@@ -210,6 +238,13 @@ class Trainer:
         self.policy.amp = cfg.amp
         if cfg.compile:
             self.policy.backbone.compile()  # in place: checkpoints keep the plain parameter names
+        if cfg.augment != "none" and self.policy.caches_features:
+            warnings.warn(
+                f"--augment {cfg.augment} with a frozen backbone: the update must see augmented frames, so the "
+                "backbone's features are no longer cached (it runs in every epoch)",
+                stacklevel=2,
+            )
+            self.policy.cache_features = False
         self.ppo = PPO(self.policy, cfg, seed=cfg.seed)
         self.buffer = make_buffer(cfg, self.policy, self.envs, self.device)
         self.to_device = HostToDevice(self.device)
@@ -222,6 +257,7 @@ class Trainer:
         self.next_eval = cfg.eval_interval
         self.timing = {"env": 0.0, "inference": 0.0, "update": 0.0}
         self.elapsed_before = 0.0  # seconds spent by the run before this process (resume)
+        self.memory = Memory.fresh(self.policy, cfg.num_envs, self.device)
         self.obs = self.restore(resume) if resume else self.envs.reset()
         info = {"pretrained_loaded": self.pretrained_loaded}
         self.logger = RunLogger(cfg, self.logdir, resume["resume"]["wandb_id"] if resume else None, info)
@@ -254,6 +290,7 @@ class Trainer:
                 "reward_scaler": self.scaler.state_dict(),
                 "episodes": self.episodes.state_dict(),
                 "obs": torch.from_numpy(self.obs.copy()),
+                "memory": {"state": self.memory.state, "starts": self.memory.starts},
                 "env_state": to_tensors(env_state),
                 "wandb_id": self.logger.wandb_id,
             },
@@ -287,6 +324,8 @@ class Trainer:
         set_rng_state(state["rng"], self.ppo.generator)
         self.scaler.load_state_dict(state["reward_scaler"])
         self.episodes.load_state_dict(state["episodes"])
+        memory = state["memory"]
+        self.memory = Memory(memory["state"], memory["starts"])
         self.history.load(self.global_step)
         truncate_metrics(self.logdir / "metrics.jsonl", self.global_step)
         print(f"resuming {self.logdir} at step {self.global_step:,}")
@@ -346,11 +385,12 @@ class Trainer:
         cfg = self.cfg
         lr = scheduled_lr(cfg, self.update / cfg.num_updates)
         self.ppo.set_lr(lr)
-        self.obs, finished, complete = collect_rollout(
+        self.obs, self.memory, finished, complete = collect_rollout(
             self.envs,
             self.policy,
             self.buffer,
             self.obs,
+            self.memory,
             self.scaler,
             self.timing,
             self.to_device,
@@ -364,7 +404,7 @@ class Trainer:
         self.show_progress("updating", self.global_step + cfg.batch_size)
         tic = time.perf_counter()
         with torch.inference_mode():
-            last_values = self.policy.value(self.to_device(self.obs))
+            last_values = self.policy.value(self.to_device(self.obs), self.memory.state, self.memory.starts)
         self.buffer.compute_advantages(last_values, cfg.gamma, cfg.gae_lambda)
         stats = self.ppo.update(self.buffer)
         self.timing["update"] += time.perf_counter() - tic

@@ -7,6 +7,8 @@ these machines are noisy:
   AsyncVectorEnv over crafter as installed, with numba world generation and without.
 - update_cache: the PPO update with a frozen backbone on cached features against recomputing the
   backbone in every epoch, and whether the learned heads come out the same.
+- recurrent_update: the PPO update of GRU and LSTM policies against the feed-forward one (same backbone and
+  batch), with no episode start inside the rollout, starts every 32 steps, and starts at every step.
 - training: train.py's loop side by side with baselines written in bench/baselines.py (CleanRL's
   ppo_atari.py; a plain PyTorch loop over ProcgenGym3Env), alternating runs in fresh processes; steps/s,
   time split (env / inference / update) and peak RSS of each process tree; the default Crafter run's
@@ -178,7 +180,7 @@ def bench_update_cache(quick: bool) -> dict:
         buf = RolloutBuffer(T, N, shape, torch.device("cpu"), feature_dim)
         for t in range(T):
             with torch.inference_mode():
-                act = policy.act(obs[t])
+                act = policy.act(obs[t])  # feed-forward: no recurrent state
             buf.add(
                 t,
                 act.features if policy.caches_features else obs[t],
@@ -209,6 +211,49 @@ def bench_update_cache(quick: bool) -> dict:
         "speedup": round(seconds["recompute"] / seconds["cached"], 2),
         "max_abs_weight_difference": max_diff,
     }
+
+
+def recurrent_update_seconds(recurrent: str, start_every: int, T: int, N: int, shape: tuple, repeats: int) -> float:
+    """Best-of-`repeats` seconds of one PPO update (CleanRL's Atari sizes) on a random rollout whose episodes
+    start every `start_every` steps in all envs (0: never inside the rollout)."""
+    from config import Config
+
+    torch.manual_seed(0)
+    spec = PolicySpec("nature_cnn", shape, 1, 6, 0, False, False, 0, False, 0, recurrent, 256)
+    policy = ActorCritic(spec)
+    cfg = Config(update_epochs=4, num_minibatches=4, recurrent=recurrent)
+    state_size = policy.core.state_size if policy.core is not None else 0
+    buf = RolloutBuffer(T, N, shape, torch.device("cpu"), None, None, state_size)
+    g = torch.Generator().manual_seed(0)
+    buf.inputs = torch.randint(0, 255, (T, N, *shape), dtype=torch.uint8, generator=g)
+    buf.actions = torch.randint(0, 6, (T, N), generator=g)
+    buf.advantages, buf.returns = torch.randn(T, N, generator=g), torch.randn(T, N, generator=g)
+    if start_every:
+        buf.starts[::start_every] = True
+    log_probs = torch.log_softmax(torch.randn(T, N, 6, generator=g), -1)
+    buf.logprobs = log_probs.gather(2, buf.actions[..., None])[..., 0]
+    best = float("inf")
+    for _ in range(repeats):
+        ppo = PPO(policy, cfg, seed=0)
+        tic = time.perf_counter()
+        ppo.update(buf)
+        best = min(best, time.perf_counter() - tic)
+    return best
+
+
+def bench_recurrent_update(quick: bool) -> dict:
+    """Update time of GRU / LSTM policies against the feed-forward one, same backbone and batch (8 envs x 128
+    steps, Nature CNN): with no episode start inside the rollout (one recurrent call per sequence), with starts
+    every 32 steps (4 calls) and at every step (the per-step loop, the worst case)."""
+    T, N, shape, repeats = (32, 8, (4, 84, 84), 1) if quick else (128, 8, (4, 84, 84), 2)
+    feed_forward = recurrent_update_seconds("none", 0, T, N, shape, repeats)
+    out = {"batch": T * N, "feed_forward_seconds": round(feed_forward, 3)}
+    for kind in ("gru", "lstm"):
+        for label, every in (("no_starts", 0), ("starts_every_32", 32), ("starts_every_step", 1)):
+            seconds = recurrent_update_seconds(kind, every, T, N, shape, repeats)
+            out[f"{kind}_{label}_seconds"] = round(seconds, 3)
+            out[f"{kind}_{label}_ratio"] = round(seconds / feed_forward, 2)
+    return out
 
 
 # -------------------------------------------------------------------------------------- training
@@ -330,7 +375,9 @@ def bench_training(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter measurements (minutes, not tens of minutes)")
-    parser.add_argument("--only", default="crafter_env,update_cache,training", help="comma-separated sections")
+    parser.add_argument(
+        "--only", default="crafter_env,update_cache,recurrent_update,training", help="comma-separated sections"
+    )
     parser.add_argument("--child", choices=list(TRAINING), help=argparse.SUPPRESS)  # one isolated training run
     parser.add_argument("--updates", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help=argparse.SUPPRESS)
@@ -344,6 +391,8 @@ def main() -> None:
         results["crafter_env"] = bench_crafter_env(args.quick)
     if "update_cache" in sections:
         results["update_cache"] = bench_update_cache(args.quick)
+    if "recurrent_update" in sections:
+        results["recurrent_update"] = bench_recurrent_update(args.quick)
     if "training" in sections:
         results["training"] = bench_training(args.quick)
     print(json.dumps(results, indent=2))

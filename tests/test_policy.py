@@ -50,7 +50,7 @@ def test_timm_backbone_in_actor_critic(tmp_path):
     obs = torch.randint(0, 255, (3, 12, 64, 64), dtype=torch.uint8)
     normalized = torch.addcmul(policy.pixel_shift, obs.float(), policy.pixel_scale)
     assert torch.allclose(normalized, (obs.float() / 255 - mean) / std, atol=1e-5)
-    action, logprob, value, features = policy.act(obs)
+    action, logprob, value, features, _ = policy.act(obs)
     assert action.shape == logprob.shape == value.shape == (3,) and features.shape == (3, policy.feature_dim)
     policy.train()
     assert not policy.backbone.training  # frozen BatchNorm statistics stay frozen

@@ -1,4 +1,4 @@
-"""A tiny pixel game for learning tests: reach the goal cell on a small grid within a step limit."""
+"""Tiny pixel games for learning tests: reach a goal on a grid; remember a cue through a corridor."""
 
 from __future__ import annotations
 
@@ -65,6 +65,53 @@ class GridGoalVecEnv(VecEnv):
         self._new_episode(np.flatnonzero(ended))
         final_obs = self.frames.step(self._draw(), final_frames, ended)
         return StepResult(self.frames.stack.copy(), rewards, terminated, truncated, final_obs, episodes)
+
+    def render(self, index: int = 0) -> np.ndarray:
+        return self._draw()[index].transpose(1, 2, 0)
+
+
+class CueMemoryVecEnv(VecEnv):
+    """A memory test: the first frame shows a cue (red or green), then `corridor` grey frames, then a blue
+    frame asks for the choice: action 0 for red, 1 for green earns 1, the other 0, and the episode ends.
+    Only the first frame tells the answer, so a policy without memory stays at 0.5."""
+
+    frame_channels = 3
+    num_actions = 2
+
+    def __init__(self, num_envs: int, seed: int = 0, corridor: int = 3, size: int = 8):
+        self.num_envs, self.corridor, self.size = num_envs, corridor, size
+        self.obs_shape = (3, size, size)
+        self.rng = np.random.default_rng(seed)
+        self.cue = np.zeros(num_envs, int)
+        self.t = np.zeros(num_envs, int)
+
+    def _new_episode(self, rows: np.ndarray) -> None:
+        self.cue[rows] = self.rng.integers(0, 2, len(rows))
+        self.t[rows] = 0
+
+    def _draw(self) -> np.ndarray:
+        img = np.full((self.num_envs, 3, self.size, self.size), 128, np.uint8)
+        first, choice = self.t == 0, self.t == self.corridor + 1
+        img[first] = 0
+        img[first & (self.cue == 0), 0] = 255
+        img[first & (self.cue == 1), 1] = 255
+        img[choice] = 0
+        img[choice, 2] = 255
+        return img
+
+    def reset(self) -> np.ndarray:
+        self._new_episode(np.arange(self.num_envs))
+        return self._draw()
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        at_choice = self.t == self.corridor + 1
+        rewards = (at_choice & (actions == self.cue)).astype(np.float32)
+        self.t += 1
+        episodes = [EpisodeStats(int(i), float(rewards[i]), int(self.t[i])) for i in np.flatnonzero(at_choice)]
+        final_obs = self._draw()
+        self._new_episode(np.flatnonzero(at_choice))
+        no = np.zeros(self.num_envs, bool)
+        return StepResult(self._draw(), rewards, at_choice, no, final_obs, episodes)
 
     def render(self, index: int = 0) -> np.ndarray:
         return self._draw()[index].transpose(1, 2, 0)
