@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from augment import augment
 from buffer import RolloutBuffer
+from distributed import Ranks
 from policy import ActorCritic
 
 
@@ -89,9 +90,10 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
 class PPO:
     """Owns the optimizer; `update` runs epochs of minibatch SGD on one rollout."""
 
-    def __init__(self, policy: ActorCritic, hp: PPOSettings, seed: int = 0):
+    def __init__(self, policy: ActorCritic, hp: PPOSettings, seed: int = 0, ranks: Ranks | None = None):
         self.policy = policy
         self.hp = hp
+        self.ranks = ranks or Ranks()  # under torchrun: gradients (and value statistics) averaged over ranks
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=hp.lr, eps=hp.adam_eps)
         self.generator = torch.Generator().manual_seed(seed)
@@ -125,13 +127,14 @@ class PPO:
                 )
                 old_values, returns = mb.values, mb.returns
                 if normalizer is not None:  # the head predicts normalized returns (Moon et al.'s ScaledMSEHead)
-                    normalizer.update(returns)
+                    normalizer.update(returns, self.ranks.mean)
                     old_values, returns = normalizer.normalize(old_values), normalizer.normalize(returns)
                 loss, pieces = ppo_loss(
                     new_logprob, entropy, new_value, mb.logprobs, old_values, mb.advantages, returns, self.hp
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.ranks.average_gradients(self.params)
                 grad_norm = nn.utils.clip_grad_norm_(self.params, self.hp.max_grad_norm)
                 if not torch.isfinite(loss + grad_norm):  # the one host-device sync per minibatch
                     self.optimizer.zero_grad(set_to_none=True)

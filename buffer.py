@@ -189,15 +189,23 @@ class RunningMeanStd:
     def __init__(self):
         self.mean, self.var, self.count = 0.0, 1.0, 1e-4
 
-    def update(self, x: np.ndarray) -> None:
-        batch_mean, batch_var, n = float(np.mean(x)), float(np.var(x)), x.size
+    def update(self, x: np.ndarray, reduce=None) -> None:
+        """Add the batch `x`; `reduce` (under torchrun) sums [count, sum, sum of squares] over ranks, so every
+        rank adds the same global batch."""
+        if reduce is None:
+            batch_mean, batch_var, n = float(np.mean(x)), float(np.var(x)), x.size
+        else:
+            moments = reduce(np.array([x.size, np.sum(x), np.sum(np.square(x))], dtype=np.float64))
+            n, total, squares = (float(m) for m in moments)
+            batch_mean = total / n
+            batch_var = max(squares / n - batch_mean**2, 0.0)
         delta, total = batch_mean - self.mean, self.count + n
         self.mean += delta * n / total
         m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
         self.var, self.count = m2 / total, total
 
     def state_dict(self) -> dict:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
+        return {"mean": float(self.mean), "var": float(self.var), "count": float(self.count)}
 
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
@@ -207,8 +215,8 @@ class RewardScaler:
     """Training-reward transform: `none`, `sign` (Atari clipping) or `normalize` (divide by the
     running std of the discounted return, as gym's NormalizeReward and the Procgen baseline do)."""
 
-    def __init__(self, mode: str, num_envs: int, gamma: float, clip: float = 10.0):
-        self.mode, self.gamma, self.clip = mode, gamma, clip
+    def __init__(self, mode: str, num_envs: int, gamma: float, clip: float = 10.0, reduce=None):
+        self.mode, self.gamma, self.clip, self.reduce = mode, gamma, clip, reduce
         self.discounted = np.zeros(num_envs, dtype=np.float64)
         self.stats = RunningMeanStd()
 
@@ -217,7 +225,7 @@ class RewardScaler:
         running statistics of the discounted return first."""
         if self.mode == "normalize":
             self.discounted = self.discounted * self.gamma + rewards
-            self.stats.update(self.discounted)
+            self.stats.update(self.discounted, self.reduce)
             self.discounted[dones] = 0.0
         return self.scale(rewards)
 

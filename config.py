@@ -55,6 +55,7 @@ class Config:
     stop_after: int = arg(0, "stop cleanly once this many steps are done, to go on later with --resume (0: never)")
     max_env_crashes: int = arg(3, "restart crashed env workers up to this many times, then stop the run")
     max_bad_updates: int = arg(3, "stop after this many consecutive updates whose every minibatch was non-finite")
+    dist_timeout: float = arg(30.0, "torchrun: minutes a rank waits for the others before the job fails")
     # policy
     backbone: str = arg("tf_efficientnetv2_s.in21k_ft_in1k", "any timm model, or nature_cnn / impala_cnn")
     pretrained: bool = arg(True, "load the backbone's pretrained weights when they can be had")
@@ -164,7 +165,7 @@ INVOCATION_ONLY = {"logdir", "config", "resume", "overwrite", "stop_after", "wan
 RESUME_OVERRIDES = {
     "resume", "steps", "stop_after", "device", "save_interval", "max_env_crashes", "max_bad_updates",
     "wandb_mode", "wandb_project", "wandb_entity", "wandb_key", "overwrite", "eval_video", "video_every",
-    "video_frames", "progress_interval", "amp", "compile",
+    "video_frames", "progress_interval", "amp", "compile", "dist_timeout",
 }  # fmt: skip
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -263,6 +264,19 @@ def convert(kind: str, value):
     raise AssertionError(f"no conversion for field type {kind}")
 
 
+def default_run_file() -> str:
+    """configs/default.yaml: every setting of a run with its default and its help (`python config.py` prints it)."""
+    lines = [
+        "# The default run (`python train.py` with no flags): every setting of a run, with its default.",
+        "# Copy it, edit it, and train with `python train.py --config my_run.yaml`.",
+    ]
+    for name, value in Config().run_file_dict().items():
+        if name != "preset":
+            entry = yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()[1:-1]
+            lines.append(f"{entry:<45} # {FIELDS[name].metadata['help']}")
+    return "\n".join(lines) + "\n"
+
+
 def write_run_file(cfg: Config, path: Path) -> None:
     from checkpoint import atomic_write
 
@@ -358,6 +372,7 @@ RULES = [
     ("stop_after", lambda v: v >= 0, "0 or more"),
     ("max_env_crashes", lambda v: v >= 0, "0 or more"),
     ("max_bad_updates", lambda v: v >= 1, "at least 1"),
+    ("dist_timeout", lambda v: v > 0, "positive"),
     ("video_every", lambda v: v >= 1, "at least 1"),
     ("video_frames", lambda v: v >= 1, "at least 1"),
     ("progress_interval", lambda v: v > 0, "positive"),
@@ -403,3 +418,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as e:
         raise UsageError(f"unknown --device {name!r}") from e
+
+
+if __name__ == "__main__":
+    print(default_run_file(), end="")

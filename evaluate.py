@@ -218,7 +218,7 @@ def training_reward_transform(cfg: Config, payload: dict) -> Callable[[np.ndarra
     run's statistics at the checkpoint)."""
     scaler = RewardScaler(cfg.reward_mode, 1, cfg.gamma)
     if "resume" in payload:
-        scaler.load_state_dict(payload["resume"]["reward_scaler"] | {"discounted": [0.0]})
+        scaler.load_state_dict(payload["resume"]["ranks"][0]["reward_scaler"] | {"discounted": [0.0]})
     return scaler.scale
 
 

@@ -381,9 +381,10 @@ class EwmaNormalizer(nn.Module):
         self.register_buffer("debiasing_term", torch.zeros(()))
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        self.running_mean.mul_(self.beta).add_(x.mean() * (1 - self.beta))
-        self.running_mean_sq.mul_(self.beta).add_((x**2).mean() * (1 - self.beta))
+    def update(self, x: torch.Tensor, reduce=lambda t: t) -> None:
+        """Move the statistics towards the batch `x`; `reduce` averages the batch moments over ranks."""
+        self.running_mean.mul_(self.beta).add_(reduce(x.mean()) * (1 - self.beta))
+        self.running_mean_sq.mul_(self.beta).add_(reduce((x**2).mean()) * (1 - self.beta))
         self.debiasing_term.mul_(self.beta).add_(1 - self.beta)
 
     def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,12 +68,15 @@ class RunLogger:
     """Metrics to `metrics.jsonl` always, to wandb unless disabled, and to TensorBoard with --tensorboard, all
     under the same keys. wandb trouble never stops a run: a failing wandb is dropped with one warning."""
 
-    def __init__(self, cfg: Config, logdir: Path, wandb_id: str | None = None, info: dict | None = None):
+    def __init__(
+        self, cfg: Config, logdir: Path, wandb_id: str | None = None, info: dict | None = None, enabled: bool = True
+    ):
+        """`enabled=False` (torchrun ranks other than 0) logs nothing anywhere."""
         self.path = logdir / "metrics.jsonl"
-        self.metrics_file = open(self.path, "a")  # noqa: SIM115 (open for the run, see close)
-        self.wandb = init_wandb(cfg, logdir, wandb_id, info or {})
+        self.metrics_file = open(self.path, "a") if enabled else None  # noqa: SIM115 (open for the run, see close)
+        self.wandb = init_wandb(cfg, logdir, wandb_id, info or {}) if enabled else None
         self.tensorboard = None
-        if cfg.tensorboard:
+        if cfg.tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(logdir / "tensorboard"))
@@ -85,6 +88,8 @@ class RunLogger:
     def log(self, step: int, metrics: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         local = {k: v for k, v in clean.items() if isinstance(v, int | float | str | None)}
+        if self.metrics_file is None:
+            return
         if local:
             self.metrics_file.write(json.dumps({"step": step, "time": round(time.time(), 3), **local}) + "\n")
             self.metrics_file.flush()
@@ -108,7 +113,8 @@ class RunLogger:
             self.log(step, {"eval/video": wandb.Video(str(path), format=path.suffix[1:])})
 
     def close(self) -> None:
-        self.metrics_file.close()
+        if self.metrics_file is not None:
+            self.metrics_file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
         if self.wandb is not None:
@@ -252,16 +258,18 @@ class Progress:
     """A tqdm bar on a terminal; on a pipe (CI logs), one plain line `first_after` seconds after the start,
     then one every `interval` seconds: steps, SPS, the phase (collecting / updating / evaluating), returns."""
 
-    def __init__(self, total: int, initial: int, interval: float, first_after: float = 5.0):
-        self.total, self.interval = total, interval
+    def __init__(self, total: int, initial: int, interval: float, first_after: float = 5.0, quiet: bool = False):
+        self.total, self.interval, self.quiet = total, interval, quiet
         self.next_line = time.time() + min(first_after, interval)
         self.bar = None
-        if sys.stdout.isatty():
+        if sys.stdout.isatty() and not quiet:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True)
 
     def update(self, step: int, phase: str, sps: float, ret: str, best: str, force: bool = False) -> None:
+        if self.quiet:
+            return
         stats = f"{phase} | {sps:.0f} sps | return {ret} | best eval {best}"
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
@@ -273,6 +281,8 @@ class Progress:
             print(f"step {step:,}/{self.total:,} ({percent:.0f}%) | {stats} | eta {format_duration(eta)}", flush=True)
 
     def write(self, message: str) -> None:
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.write(message)
         else:

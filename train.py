@@ -15,8 +15,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,10 +34,12 @@ from checkpoint import (
     to_tensors,
 )
 from config import Config, config_from_flags, parse_flags, resolve_device, resumed_config, validate, write_run_file
+from distributed import Ranks
 from env import EnvCrashError, VecEnv, make_vec_env
 from errors import UsageError
-from evaluate import EvalStats, eval_row, make_eval_env, run_episodes, selection_score
+from evaluate import EvalResult, EvalStats, eval_row, make_eval_env, run_episodes, selection_score
 from policy import ActorCritic, PolicySpec
+from rollout import HostToDevice, Memory, collect_rollout
 from runlog import EpisodeLog, Progress, RunLogger, prepare_logdir, truncate_metrics
 from visuals import plot_learning_curve, write_video
 
@@ -80,11 +81,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_train_env(cfg: Config) -> VecEnv:
+def make_train_env(cfg: Config, rank: int = 0) -> VecEnv:
+    """This rank's training envs: seeds (Crafter worlds, Procgen level streams, ALE) distinct per rank."""
     return make_vec_env(
         cfg.env,
         cfg.num_envs,
-        cfg.seed,
+        cfg.seed + rank * cfg.num_envs,
         cfg.history_length,
         max_crashes=cfg.max_env_crashes,
         distribution_mode=cfg.distribution_mode,
@@ -103,114 +105,36 @@ def make_buffer(cfg: Config, policy: ActorCritic, envs: VecEnv, device: torch.de
     )
 
 
-@dataclass
-class Memory:
-    """What a policy carries from one env step to the next: its recurrent state (N, S) (None without a
-    recurrent core) and which observations begin an episode (N,) bool."""
-
-    state: torch.Tensor | None
-    starts: torch.Tensor
-
-    @classmethod
-    def fresh(cls, policy: ActorCritic, num_envs: int, device: torch.device) -> Memory:
-        return cls(policy.initial_state(num_envs), torch.ones(num_envs, dtype=torch.bool, device=device))
-
-
-class HostToDevice:
-    """Host arrays -> device tensors. On CUDA through reused pinned buffers and non-blocking copies (each
-    buffer is rewritten only once its last copy has finished); on CPU without any copy."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.slots: dict[tuple, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
-
-    def __call__(self, array: np.ndarray) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return torch.as_tensor(array)
-        key = (array.shape, array.dtype.str)
-        pinned, copied = self.slots.get(key) or (torch.from_numpy(np.empty_like(array)).pin_memory(), None)
-        if copied is not None:
-            copied.synchronize()
-        pinned.numpy()[...] = array
-        tensor = pinned.to(self.device, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self.slots[key] = (pinned, event)
-        return tensor
-
-
-def collect_rollout(
-    envs: VecEnv,
-    policy: ActorCritic,
-    buffer: RolloutBuffer,
-    obs: np.ndarray,
-    memory: Memory,
-    scaler: RewardScaler,
-    timing: dict[str, float],
-    to_device: HostToDevice,
-    should_stop: Callable[[], bool] = lambda: False,
-    on_step: Callable[[int], None] = lambda t: None,
-) -> tuple[np.ndarray, Memory, list, bool]:
-    """Fill `buffer` with num_steps steps of every env, starting from `obs` and `memory`; `on_step(t)` after
-    each step. -> (next obs, next memory, finished episodes, whether the rollout is complete; not when
-    `should_stop()` cut it)."""
-    policy.eval()
-    episodes = []
-    if memory.state is not None:
-        buffer.initial_state.copy_(memory.state)
-    for t in range(buffer.num_steps):
-        if should_stop():
-            return obs, memory, episodes, False
-        tic = time.perf_counter()
-        obs_t = to_device(obs)  # (N, K*C, H, W) uint8: frames become floats on the device
-        with torch.inference_mode():
-            act = policy.act(obs_t, memory.state, memory.starts)
-        actions = act.action.cpu().numpy()  # the one sync per step: the envs need the actions
-        tac = time.perf_counter()
-        result = envs.step(actions)
-        toc = time.perf_counter()
-        dones = result.terminated | result.truncated
-        rewards_dones = to_device(np.stack([scaler(result.rewards, dones), dones.astype(np.float32)]))  # (2, N)
-        bootstrap = torch.zeros(envs.num_envs, device=buffer.device)
-        if result.truncated.any():  # time limit: the episode's value beyond it is V(final obs), not 0
-            with torch.inference_mode():
-                cut = to_device(result.truncated)
-                final = to_device(result.final_obs[result.truncated])
-                state = None if act.state is None else act.state[cut]
-                fresh = torch.zeros(len(final), dtype=torch.bool, device=buffer.device)
-                bootstrap[cut] = policy.value(final, state, fresh)
-        inputs = act.features if policy.caches_features else obs_t
-        rewards, ended = rewards_dones[0], rewards_dones[1]
-        buffer.add(t, inputs, act.action, act.logprob, act.value, rewards, ended, bootstrap, memory.starts)
-        memory = Memory(act.state, ended.bool())
-        obs = result.obs
-        episodes.extend(result.episodes)
-        timing["inference"] += tac - tic + time.perf_counter() - toc
-        timing["env"] += toc - tac
-        on_step(t)
-    return obs, memory, episodes, True
-
-
 class Trainer:
     """One run: builds envs, policy and PPO from a Config (and the checkpoint payload of a resumed run), then
     `run()`s collect -> GAE -> update -> log -> evaluate -> checkpoint until the step budget is spent.
-    `envs` / `eval_envs` replace the games the config names (tests pass toy games)."""
+    `envs` / `eval_envs` replace the games the config names (tests pass toy games).
+
+    Under torchrun every rank runs a Trainer on its own envs and buffer; gradients are averaged over ranks,
+    steps count all ranks' envs, and rank 0 alone evaluates and writes the logdir."""
 
     def __init__(
         self, cfg: Config, resume: dict | None = None, envs: VecEnv | None = None, eval_envs: VecEnv | None = None
     ):
         validate(cfg)
         self.cfg = cfg
-        self.logdir = prepare_logdir(cfg)
-        self.device = resolve_device(cfg.device)
+        self.ranks = Ranks()
+        self.device = self.ranks.device(resolve_device(cfg.device))
+        self.ranks.start(self.device, cfg.dist_timeout)
+        main = self.ranks.is_main
+        self.logdir = Path(self.ranks.broadcast(str(prepare_logdir(cfg)) if main else None))
         seed_everything(cfg.seed)
-        write_run_file(cfg, self.logdir / "config.yaml")
+        if main:
+            write_run_file(cfg, self.logdir / "config.yaml")
 
-        self.envs = envs or make_train_env(cfg)
+        self.envs = envs or make_train_env(cfg, self.ranks.rank)
         # evaluation only runs between updates: a quarter of the cores' worker processes (~100 MB each) do
         eval_workers = max(1, (os.cpu_count() or 1) // 4)
-        self.eval_envs = eval_envs or make_eval_env(
-            cfg, min(cfg.eval_envs, cfg.eval_episodes), cfg.seed, num_workers=eval_workers
+        self.eval_envs = (
+            None
+            if not main
+            else eval_envs
+            or make_eval_env(cfg, min(cfg.eval_envs, cfg.eval_episodes), cfg.seed, num_workers=eval_workers)
         )
         self.spec = PolicySpec(
             cfg.backbone,
@@ -228,8 +152,11 @@ class Trainer:
         )
         pretrained = cfg.pretrained and resume is None  # a resumed run's weights come from its checkpoint
         self.policy = ActorCritic(self.spec, pretrained, cfg.pretrained_file if pretrained else "").to(self.device)
+        self.ranks.broadcast_parameters(self.policy)  # one starting point (pretrained weights load on every rank)
+        if self.ranks.rank:
+            torch.manual_seed(cfg.seed + self.ranks.rank)  # each rank samples its own actions
         self.pretrained_loaded = resume["pretrained_loaded"] if resume else self.policy.pretrained_loaded
-        if cfg.freeze_backbone and not self.pretrained_loaded:
+        if cfg.freeze_backbone and not self.pretrained_loaded and main:
             warnings.warn(
                 f"FROZEN BACKBONE WITHOUT PRETRAINED WEIGHTS: {cfg.backbone} keeps its random init and only the "
                 "heads learn; give --pretrained-file, or train the backbone with --no-freeze-backbone",
@@ -238,20 +165,24 @@ class Trainer:
         self.policy.amp = cfg.amp
         if cfg.compile:
             self.policy.backbone.compile()  # in place: checkpoints keep the plain parameter names
-        if cfg.augment != "none" and self.policy.caches_features:
+        if cfg.augment != "none" and self.policy.caches_features and main:
             warnings.warn(
                 f"--augment {cfg.augment} with a frozen backbone: the update must see augmented frames, so the "
                 "backbone's features are no longer cached (it runs in every epoch)",
                 stacklevel=2,
             )
+        if cfg.augment != "none":
             self.policy.cache_features = False
-        self.ppo = PPO(self.policy, cfg, seed=cfg.seed)
+        self.ppo = PPO(self.policy, cfg, seed=cfg.seed, ranks=self.ranks)
         self.buffer = make_buffer(cfg, self.policy, self.envs, self.device)
         self.to_device = HostToDevice(self.device)
-        self.scaler = RewardScaler(cfg.reward_mode, cfg.num_envs, cfg.reward_norm_gamma or cfg.gamma)
+        reduce = self.ranks.sum if self.ranks.active else None  # every rank normalizes with all envs' statistics
+        self.scaler = RewardScaler(cfg.reward_mode, cfg.num_envs, cfg.reward_norm_gamma or cfg.gamma, reduce=reduce)
         self.history = EvalStats(self.logdir)
         self.episodes = EpisodeLog()
 
+        self.global_batch = cfg.batch_size * self.ranks.world  # steps of one update, all ranks together
+        self.num_updates = max(1, math.ceil(cfg.steps / self.global_batch))
         self.global_step = self.update = self.bad_updates = self.evaluations = 0
         self.best_score, self.last_score = -math.inf, None
         self.next_eval = cfg.eval_interval
@@ -260,16 +191,29 @@ class Trainer:
         self.memory = Memory.fresh(self.policy, cfg.num_envs, self.device)
         self.obs = self.restore(resume) if resume else self.envs.reset()
         info = {"pretrained_loaded": self.pretrained_loaded}
-        self.logger = RunLogger(cfg, self.logdir, resume["resume"]["wandb_id"] if resume else None, info)
+        wandb_id = resume["resume"]["wandb_id"] if resume else None
+        self.logger = RunLogger(cfg, self.logdir, wandb_id, info, enabled=main)
         self.stop = StopSignal()
         self.start = time.time()
         self.steps_at_start = self.global_step
-        self.progress = Progress(cfg.num_updates * cfg.batch_size, self.global_step, cfg.progress_interval)
+        total = self.num_updates * self.global_batch
+        self.progress = Progress(total, self.global_step, cfg.progress_interval, quiet=not main)
 
     # ---------------------------------------------------------------------------- checkpoints
 
-    def checkpoint_payload(self, with_env_state: bool = True) -> dict:
+    def local_state(self, with_env_state: bool) -> dict:
+        """What this rank alone has: its games, observations, recurrent memory, reward sums and RNG streams."""
         env_state = self.envs.get_state() if with_env_state else None
+        state = None if self.memory.state is None else self.memory.state.cpu()
+        return {
+            "rng": rng_state(self.ppo.generator),
+            "reward_scaler": self.scaler.state_dict(),
+            "obs": torch.from_numpy(self.obs.copy()),
+            "memory": {"state": state, "starts": self.memory.starts.cpu()},
+            "env_state": to_tensors(env_state),
+        }
+
+    def checkpoint_payload(self, ranks: list[dict]) -> dict:
         return {
             "config": self.cfg.public_dict(),
             "policy_spec": self.spec.to_dict(),
@@ -286,22 +230,21 @@ class Trainer:
                 "evaluations": self.evaluations,
                 "timing": self.timing,
                 "elapsed": self.elapsed(),
-                "rng": rng_state(self.ppo.generator),
-                "reward_scaler": self.scaler.state_dict(),
                 "episodes": self.episodes.state_dict(),
-                "obs": torch.from_numpy(self.obs.copy()),
-                "memory": {"state": self.memory.state, "starts": self.memory.starts},
-                "env_state": to_tensors(env_state),
+                "ranks": ranks,  # local_state() of every rank, in rank order
                 "wandb_id": self.logger.wandb_id,
             },
         }
 
     def save(self, name: str, with_env_state: bool = True) -> bool:
-        """Write a checkpoint atomically; a failed write (disk full...) keeps the previous file and is
-        reported, never fatal."""
+        """Write a checkpoint atomically (rank 0, with every rank's own state); a failed write (disk full...)
+        keeps the previous file and is reported, never fatal."""
+        ranks = self.ranks.gather(self.local_state(with_env_state))
+        if not self.ranks.is_main:
+            return True
         path = self.logdir / name
         try:
-            save_checkpoint(path, self.checkpoint_payload(with_env_state))
+            save_checkpoint(path, self.checkpoint_payload(ranks))
             return True
         except OSError as e:
             warnings.warn(f"could not write {path} ({e.strerror or e}); the previous file is intact", stacklevel=2)
@@ -314,25 +257,35 @@ class Trainer:
             self.policy.load_state_dict(payload["model"])
             self.ppo.optimizer.load_state_dict(payload["optimizer"])
             state = payload["resume"]
+            ranks = state["ranks"]
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{self.cfg.resume} cannot be resumed: {str(e).splitlines()[0][:200]}") from e
+        if len(ranks) != self.ranks.world:
+            raise UsageError(
+                f"{self.cfg.resume} was written by {len(ranks)} process(es), not {self.ranks.world}: resume it with "
+                f"as many (torchrun --nproc_per_node {len(ranks)}, or plain python for 1)"
+            )
+        mine = ranks[self.ranks.rank]
         self.global_step, self.update = payload["global_step"], state["update"]
         self.best_score, self.last_score = payload["best_eval_score"], payload["eval_score"]
         self.next_eval, self.bad_updates = state["next_eval"], state["bad_updates"]
         self.evaluations = state["evaluations"]
         self.timing, self.elapsed_before = dict(state["timing"]), state["elapsed"]
-        set_rng_state(state["rng"], self.ppo.generator)
-        self.scaler.load_state_dict(state["reward_scaler"])
+        set_rng_state(mine["rng"], self.ppo.generator)
+        self.scaler.load_state_dict(mine["reward_scaler"])
         self.episodes.load_state_dict(state["episodes"])
-        memory = state["memory"]
-        self.memory = Memory(memory["state"], memory["starts"])
-        self.history.load(self.global_step)
-        truncate_metrics(self.logdir / "metrics.jsonl", self.global_step)
-        print(f"resuming {self.logdir} at step {self.global_step:,}")
-        if state["env_state"] is None:
+        memory = mine["memory"]["state"]
+        self.memory = Memory(
+            None if memory is None else memory.to(self.device), mine["memory"]["starts"].to(self.device)
+        )
+        if self.ranks.is_main:
+            self.history.load(self.global_step)
+            truncate_metrics(self.logdir / "metrics.jsonl", self.global_step)
+            print(f"resuming {self.logdir} at step {self.global_step:,}")
+        if mine["env_state"] is None:
             warnings.warn(f"{self.cfg.env} game state cannot be saved: the resumed run starts new games", stacklevel=2)
             return self.envs.reset()
-        return self.envs.set_state(to_arrays(state["env_state"]))
+        return self.envs.set_state(to_arrays(mine["env_state"]))
 
     # ---------------------------------------------------------------------------------- loop
 
@@ -342,33 +295,35 @@ class Trainer:
     def run(self) -> dict:
         """Train until --steps (or --stop-after, or a signal); -> summary, also in `summary.json`."""
         cfg = self.cfg
-        print(
-            f"pixelppo: {cfg.env} for {cfg.steps:,} steps on {self.device}, {cfg.num_envs} envs, "
-            f"backbone {cfg.backbone} -> {self.logdir}",
-            flush=True,
+        ranks = f" x {self.ranks.world} processes" if self.ranks.active else ""
+        self.say(
+            f"pixelppo: {cfg.env} for {cfg.steps:,} steps on {self.device}, {cfg.num_envs} envs{ranks}, "
+            f"backbone {cfg.backbone} -> {self.logdir}"
         )
         self.start = last_save = time.time()
         stop_reason = None
         try:
             with self.stop:
-                while self.update < cfg.num_updates:
+                while self.update < self.num_updates:
                     if not self.train_one_update():
-                        stop_reason = self.stop.received
+                        stop_reason = self.signal_name()
                         break
                     self.maybe_evaluate()
-                    if self.stop():  # a signal during the evaluation
-                        stop_reason = self.stop.received
+                    if self.stopping():  # a signal during the evaluation
+                        stop_reason = self.signal_name()
                         break
-                    if time.time() - last_save > cfg.save_interval * 60:
+                    if self.ranks.any(time.time() - last_save > cfg.save_interval * 60):
                         self.save("last.pth")
                         last_save = time.time()
-                    first_or_last = self.update - 1 == self.steps_at_start // cfg.batch_size
-                    self.show_progress("collecting", force=first_or_last or self.update == cfg.num_updates)
-                    if cfg.stop_after and self.global_step >= cfg.stop_after and self.update < cfg.num_updates:
+                    first_or_last = self.update - 1 == self.steps_at_start // self.global_batch
+                    self.show_progress("collecting", force=first_or_last or self.update == self.num_updates)
+                    if cfg.stop_after and self.global_step >= cfg.stop_after and self.update < self.num_updates:
                         stop_reason = f"--stop-after {cfg.stop_after:,}"
                         break
             self.save("last.pth")
         except (EnvCrashError, TrainingError) as e:
+            if self.ranks.active:  # the other ranks may be gone: no collective checkpoint, the last save stays
+                raise TrainingError(f"{e}; the last checkpoint is from the last save") from e
             saved = self.save("last.pth", with_env_state=False)
             raise TrainingError(f"{e}; {'saved' if saved else 'could not save'} {self.logdir / 'last.pth'}") from e
         except KeyboardInterrupt:
@@ -377,13 +332,26 @@ class Trainer:
         finally:
             self.close()
         if stop_reason:
-            print(f"stopped ({stop_reason}) at step {self.global_step:,}; continue with --resume {self.logdir}")
+            self.say(f"stopped ({stop_reason}) at step {self.global_step:,}; continue with --resume {self.logdir}")
         return self.write_summary(stop_reason)
+
+    def say(self, message: str) -> None:
+        """One line on stdout, from rank 0 only."""
+        if self.ranks.is_main:
+            print(message, flush=True)
+
+    def stopping(self) -> bool:
+        """A stop signal reached this rank or any other: all ranks stop at the same step."""
+        return self.ranks.any(self.stop())
+
+    def signal_name(self) -> str:
+        """The signal that stopped the run, whichever rank received it (every rank exits with its code)."""
+        return next(name for name in self.ranks.gather(self.stop.received) if name)
 
     def train_one_update(self) -> bool:
         """Collect one rollout and run PPO on it; False when a stop signal cut the rollout (it is dropped)."""
         cfg = self.cfg
-        lr = scheduled_lr(cfg, self.update / cfg.num_updates)
+        lr = scheduled_lr(cfg, self.update / self.num_updates)
         self.ppo.set_lr(lr)
         self.obs, self.memory, finished, complete = collect_rollout(
             self.envs,
@@ -394,23 +362,27 @@ class Trainer:
             self.scaler,
             self.timing,
             self.to_device,
-            self.stop,
-            on_step=lambda t: self.show_progress("collecting", self.global_step + (t + 1) * cfg.num_envs),
+            self.stopping,
+            on_step=lambda t: self.show_progress(
+                "collecting", self.global_step + (t + 1) * self.global_batch // cfg.num_steps
+            ),
         )
+        finished = [episode for rank in self.ranks.gather(finished) for episode in rank]  # every rank's episodes
         self.episodes.add(finished)
         if not complete:
             return False
 
-        self.show_progress("updating", self.global_step + cfg.batch_size)
+        self.show_progress("updating", self.global_step + self.global_batch)
         tic = time.perf_counter()
         with torch.inference_mode():
             last_values = self.policy.value(self.to_device(self.obs), self.memory.state, self.memory.starts)
         self.buffer.compute_advantages(last_values, cfg.gamma, cfg.gae_lambda)
         stats = self.ppo.update(self.buffer)
         self.timing["update"] += time.perf_counter() - tic
-        self.global_step += cfg.batch_size
+        self.global_step += self.global_batch
         self.update += 1
         self.check_finite(stats)
+        self.ranks.check_in_sync(self.policy)
 
         metrics = (
             {f"losses/{k}": v for k, v in stats.items()}
@@ -444,35 +416,49 @@ class Trainer:
             )
 
     def maybe_evaluate(self) -> None:
-        """Evaluate every --eval-interval steps and at the end; keep best_model.pth when the family's
-        published metric improves (Crafter score; mean return elsewhere)."""
+        """Evaluate every --eval-interval steps and at the end (rank 0 plays, every rank learns the outcome);
+        keep best_model.pth when the family's published metric improves (Crafter score; mean return elsewhere)."""
         cfg = self.cfg
-        if self.global_step < self.next_eval and self.update < cfg.num_updates:
+        if self.global_step < self.next_eval and self.update < self.num_updates:
             return
         self.show_progress("evaluating", force=True)
+        record = cfg.eval_video and self.evaluations % cfg.video_every == 0
+        result = self.play_evaluation(record) if self.ranks.is_main else None
+        row = None if result is None else eval_row(result, cfg, self.global_step, self.eval_set_name())
+        score = self.ranks.broadcast(None if row is None else selection_score(row))
+        if score is None:
+            return  # stopping: this evaluation is dropped (a resumed run redoes it); the run saves and exits
         self.evaluations += 1
-        record = cfg.eval_video and (self.evaluations - 1) % cfg.video_every == 0
+        while self.next_eval <= self.global_step:
+            self.next_eval += cfg.eval_interval
+        self.last_score = score
+        improved = score > self.best_score
+        if improved:
+            self.best_score = score
+            self.save("best_model.pth")
+        if self.ranks.is_main:
+            self.report_evaluation(row, result, improved, record)
+        self.save("last.pth")
+
+    def eval_set_name(self) -> str:
+        return "validation" if self.cfg.family == "procgen" else "eval"
+
+    def play_evaluation(self, record: bool) -> EvalResult | None:
+        """Episodes on the evaluation envs; None when a stop request cut them short."""
         result = run_episodes(
             self.policy,
             self.eval_envs,
-            cfg.eval_episodes,
+            self.cfg.eval_episodes,
             self.device,
-            seed=cfg.seed,
-            video_frames=cfg.video_frames if record else 0,
+            seed=self.cfg.seed,
+            video_frames=self.cfg.video_frames if record else 0,
             should_stop=self.stop,
         )
-        if not result.complete:
-            self.evaluations -= 1
-            return  # stopping: this evaluation is dropped (a resumed run redoes it); the run saves and exits
-        while self.next_eval <= self.global_step:
-            self.next_eval += cfg.eval_interval
-        row = eval_row(result, cfg, self.global_step, "validation" if cfg.family == "procgen" else "eval")
+        return result if result.complete else None
+
+    def report_evaluation(self, row: dict, result: EvalResult, improved: bool, record: bool) -> None:
+        """eval_stats, metrics, video, learning curve and one line about an evaluation."""
         self.history.add(row)
-        self.last_score = selection_score(row)
-        improved = self.last_score > self.best_score
-        if improved:
-            self.best_score = self.last_score
-            self.save("best_model.pth")
         metrics = {
             "eval/mean_return": row["mean_return"],
             "eval/std_return": row["std_return"],
@@ -487,13 +473,12 @@ class Trainer:
         if record:
             video = write_video(result.frames, self.logdir / "videos" / f"eval_{self.global_step:09d}.mp4")
             self.logger.log_video(self.global_step, video)
-        plot_learning_curve(self.logdir / "metrics.jsonl", self.logdir / "learning_curve.png", cfg.env)
+        plot_learning_curve(self.logdir / "metrics.jsonl", self.logdir / "learning_curve.png", self.cfg.env)
         self.progress.write(
             f"eval @ {self.global_step:,}: return {row['mean_return']:.2f} +- {row['std_return']:.2f} over "
             f"{len(result.returns)} episodes, score {self.last_score:.2f}"
             f"{' (new best, saved best_model.pth)' if improved else ''}"
         )
-        self.save("last.pth")
 
     def show_progress(self, phase: str, step: int | None = None, force: bool = False) -> None:
         step = self.global_step if step is None else step
@@ -517,9 +502,11 @@ class Trainer:
             "return_last_100": float(np.mean(self.episodes.recent_returns)) if self.episodes.recent_returns else None,
             "pretrained_loaded": self.pretrained_loaded,
         } | self.episodes.crafter_metrics()
+        if not self.ranks.is_main:
+            return summary
         atomic_write(self.logdir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
         if stop_reason is None:
-            print(
+            self.say(
                 f"done: {self.global_step:,} steps at {summary['sps']:.0f} sps; best eval score "
                 f"{self.best_score:.2f}; checkpoints in {self.logdir}"
             )
@@ -528,9 +515,10 @@ class Trainer:
     def close(self) -> None:
         self.progress.close()
         self.envs.close()
-        self.eval_envs.close()
         self.logger.close()
-        plot_learning_curve(self.logdir / "metrics.jsonl", self.logdir / "learning_curve.png", self.cfg.env)
+        if self.ranks.is_main:
+            self.eval_envs.close()
+            plot_learning_curve(self.logdir / "metrics.jsonl", self.logdir / "learning_curve.png", self.cfg.env)
 
 
 def load_run(argv: list[str] | None = None) -> tuple[Config, dict | None]:
@@ -545,8 +533,12 @@ def load_run(argv: list[str] | None = None) -> tuple[Config, dict | None]:
 
 
 def train(cfg: Config, resume: dict | None = None) -> dict:
-    """Run one training (or continue one from its checkpoint payload); -> the final summary."""
-    return Trainer(cfg, resume).run()
+    """Run one training (or continue one from its checkpoint payload); -> the final summary. Under torchrun
+    every process calls it; the process group ends with it."""
+    try:
+        return Trainer(cfg, resume).run()
+    finally:
+        Ranks().close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ these machines are noisy:
   backbone in every epoch, and whether the learned heads come out the same.
 - recurrent_update: the PPO update of GRU and LSTM policies against the feed-forward one (same backbone and
   batch), with no episode start inside the rollout, starts every 32 steps, and starts at every step.
+- ranks: train.py on one process against two torchrun processes on the same global batch.
 - training: train.py's loop side by side with baselines written in bench/baselines.py (CleanRL's
   ppo_atari.py; a plain PyTorch loop over ProcgenGym3Env), alternating runs in fresh processes; steps/s,
   time split (env / inference / update) and peak RSS of each process tree; the default Crafter run's
@@ -256,6 +257,38 @@ def bench_recurrent_update(quick: bool) -> dict:
     return out
 
 
+def ranks_steps_per_s(processes: int, global_envs: int, updates: int) -> dict:
+    """train.py on `processes` processes (torchrun with gloo on the CPU when more than one) with the same global
+    batch, evaluation off; steps/s over the whole run from its summary.json."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        logdir = Path(tmp) / "run_1"
+        num_steps = 128
+        args = [*TRAINING["procgen"], "--num-envs", str(global_envs // processes), "--num-steps", str(num_steps),
+                "--steps", str(updates * global_envs * num_steps), "--eval-interval", str(10**12),
+                "--no-eval-video", "--wandb-mode", "disabled", "--device", "cpu", "--logdir", str(logdir)]  # fmt: skip
+        train = str(BENCH.parent / "train.py")
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        command = [*launcher, train, *args] if processes > 1 else [sys.executable, train, *args]
+        threads = str(max(1, (os.cpu_count() or 1) // processes))
+        import subprocess
+
+        subprocess.run(command, check=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": threads})
+        summary = json.loads((logdir / "summary.json").read_text())
+    return {"steps_per_s": round(summary["sps"], 1), "steps": summary["global_step"]}
+
+
+def bench_ranks(quick: bool) -> dict:
+    """One process (all cores) against two torchrun processes (gloo, half the cores each) on the same global
+    batch (procgen-official's network on starpilot, 32 envs x 128 steps per update): speedup = SPS(2) / SPS(1).
+    Both use the whole machine, so this measures what the communication costs, not more hardware."""
+    updates = 1 if quick else 3
+    one = ranks_steps_per_s(1, 32, updates)
+    two = ranks_steps_per_s(2, 32, updates)
+    return {"one_process": one, "two_processes": two, "speedup": round(two["steps_per_s"] / one["steps_per_s"], 2)}
+
+
 # -------------------------------------------------------------------------------------- training
 
 BENCH = Path(__file__).resolve().parent
@@ -376,7 +409,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter measurements (minutes, not tens of minutes)")
     parser.add_argument(
-        "--only", default="crafter_env,update_cache,recurrent_update,training", help="comma-separated sections"
+        "--only", default="crafter_env,update_cache,recurrent_update,ranks,training", help="comma-separated sections"
     )
     parser.add_argument("--child", choices=list(TRAINING), help=argparse.SUPPRESS)  # one isolated training run
     parser.add_argument("--updates", type=int, default=1, help=argparse.SUPPRESS)
@@ -391,6 +424,8 @@ def main() -> None:
         results["crafter_env"] = bench_crafter_env(args.quick)
     if "update_cache" in sections:
         results["update_cache"] = bench_update_cache(args.quick)
+    if "ranks" in sections:
+        results["ranks"] = bench_ranks(args.quick)
     if "recurrent_update" in sections:
         results["recurrent_update"] = bench_recurrent_update(args.quick)
     if "training" in sections:

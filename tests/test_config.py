@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import train
-from config import CONFIG_DIR, FIELDS, INVOCATION_ONLY, Config, config_from_args, preset_names
+from config import CONFIG_DIR, FIELDS, INVOCATION_ONLY, Config, config_from_args, default_run_file, preset_names
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PROCGEN = [
@@ -23,10 +23,12 @@ TINY_PROCGEN = [
 
 
 def test_default_file_is_the_default_run():
-    """configs/default.yaml lists every setting of a run, each with Config's default."""
+    """configs/default.yaml lists every setting of a run, each with Config's default (regenerate it with
+    `python config.py > configs/default.yaml`)."""
     values = yaml.safe_load((CONFIG_DIR / "default.yaml").read_text())
     expected = {k: v for k, v in Config().run_file_dict().items() if k != "preset"}
     assert values == expected
+    assert (CONFIG_DIR / "default.yaml").read_text() == default_run_file()
 
 
 @pytest.mark.parametrize("name", preset_names())

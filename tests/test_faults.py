@@ -115,11 +115,12 @@ def test_kill_9_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_save_and_exit_within_seconds(sig, tmp_path):
     logdir = tmp_path / "run_1"
-    args = [*TINY, "--env", "crafter", "--num-envs", "2", "--steps", "1000000", "--logdir", str(logdir)]
+    args = [*TINY, "--env", "crafter", "--num-envs", "2", "--steps", "1000000", "--logdir", str(logdir),
+            "--progress-interval", "1"]  # fmt: skip
     proc = subprocess.Popen(train_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     for line in proc.stdout:
-        if line.startswith("step "):  # the first update is done
-            break
+        if line.startswith("step ") and int(line.split()[1].split("/")[0].replace(",", "")) > 32:
+            break  # the second rollout has begun: the first update is done
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     sent = time.time()
     proc.send_signal(sig)
@@ -128,7 +129,7 @@ def test_signals_save_and_exit_within_seconds(sig, tmp_path):
     assert proc.returncode == 128 + sig, err[-2000:]
     assert f"stopped ({signal.Signals(sig).name})" in out
     saved = checkpoint.load_checkpoint(logdir / "last.pth")
-    assert saved["global_step"] > 0 and saved["resume"]["env_state"] is not None
+    assert saved["global_step"] > 0 and saved["resume"]["ranks"][0]["env_state"] is not None
     deadline = time.time() + 5  # orphaned children are reaped by init shortly after the exit
     while any(Path(f"/proc/{pid}").exists() for pid in children) and time.time() < deadline:
         time.sleep(0.1)

@@ -7,7 +7,8 @@ from toy_env import CueMemoryVecEnv, GridGoalVecEnv
 
 from config import Config
 from evaluate import run_episodes
-from train import Trainer, collect_rollout
+from rollout import collect_rollout
+from train import Trainer
 
 
 def small_config(logdir, **overrides) -> Config:

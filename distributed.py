@@ -1,0 +1,128 @@
+"""One run on several processes (`torchrun`): the process group and the few collectives training needs.
+
+Each rank steps its own envs, fills its own buffer and computes GAE locally; the ranks train one model by
+averaging gradients with one flat all-reduce per minibatch, so parameters stay identical on every rank. With
+one process (plain `python train.py`) every method is a no-op and nothing is communicated.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from errors import UsageError
+
+
+class Ranks:
+    """This process's place in the job: rank, world size, local rank; and the collectives of the loop."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def start(self, device: torch.device, timeout_minutes: float) -> None:
+        """Join the process group: NCCL on CUDA (one GPU per local rank), gloo on the CPU. A rank that waits
+        longer than the timeout for the others fails instead of hanging."""
+        if not self.active or dist.is_initialized():
+            return
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+
+    def device(self, device: torch.device) -> torch.device:
+        """One GPU per local rank."""
+        if self.active and device.type == "cuda":
+            if torch.cuda.device_count() <= self.local_rank:
+                raise UsageError(f"rank {self.rank}: no GPU for local rank {self.local_rank}")
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ---------------------------------------------------------------------------------- collectives
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Gradients -> their mean over ranks, as one flat all-reduce."""
+        if not self.active:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p, g in zip(params, grads, strict=True):
+            p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+            offset += g.numel()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on one (stop requests, save requests)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([float(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Element-wise sum over ranks of a small float64 array."""
+        if not self.active:
+            return values
+        t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+        dist.all_reduce(t)
+        return t.numpy()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean over ranks of a tensor on this rank's device."""
+        if not self.active:
+            return value
+        value = value.clone()
+        dist.all_reduce(value)
+        return value / self.world
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj` (picklable), in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def broadcast_parameters(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers on every rank (one starting point for all)."""
+        if not self.active:
+            return
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+    def check_in_sync(self, module: torch.nn.Module) -> None:
+        """Raise when the ranks' parameters differ (they must stay identical after every update)."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            checksum = torch.stack([p.double().sum() for p in module.parameters()]).sum().cpu()
+        sums = self.gather(float(checksum))
+        if len(set(sums)) != 1:
+            raise RuntimeError(f"parameters differ between ranks (checksums {sums})")

@@ -1,0 +1,106 @@
+"""Collecting a rollout: the policy acts in the vector envs and every step goes into the buffer.
+
+Data flows one way: env -> policy acts -> buffer. `Memory` is what the policy carries from one step to the next
+(recurrent state, episode starts); `HostToDevice` moves observations to the policy's device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from buffer import RewardScaler, RolloutBuffer
+from env import VecEnv
+from policy import ActorCritic
+
+
+@dataclass
+class Memory:
+    """What a policy carries from one env step to the next: its recurrent state (N, S) (None without a
+    recurrent core) and which observations begin an episode (N,) bool."""
+
+    state: torch.Tensor | None
+    starts: torch.Tensor
+
+    @classmethod
+    def fresh(cls, policy: ActorCritic, num_envs: int, device: torch.device) -> Memory:
+        return cls(policy.initial_state(num_envs), torch.ones(num_envs, dtype=torch.bool, device=device))
+
+
+class HostToDevice:
+    """Host arrays -> device tensors. On CUDA through reused pinned buffers and non-blocking copies (each
+    buffer is rewritten only once its last copy has finished); on CPU without any copy."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.slots: dict[tuple, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+
+    def __call__(self, array: np.ndarray) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.as_tensor(array)
+        key = (array.shape, array.dtype.str)
+        pinned, copied = self.slots.get(key) or (torch.from_numpy(np.empty_like(array)).pin_memory(), None)
+        if copied is not None:
+            copied.synchronize()
+        pinned.numpy()[...] = array
+        tensor = pinned.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.slots[key] = (pinned, event)
+        return tensor
+
+
+def collect_rollout(
+    envs: VecEnv,
+    policy: ActorCritic,
+    buffer: RolloutBuffer,
+    obs: np.ndarray,
+    memory: Memory,
+    scaler: RewardScaler,
+    timing: dict[str, float],
+    to_device: HostToDevice,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_step: Callable[[int], None] = lambda t: None,
+) -> tuple[np.ndarray, Memory, list, bool]:
+    """Fill `buffer` with num_steps steps of every env, starting from `obs` and `memory`; `on_step(t)` after
+    each step. -> (next obs, next memory, finished episodes, whether the rollout is complete; not when
+    `should_stop()` cut it)."""
+    policy.eval()
+    episodes = []
+    if memory.state is not None:
+        buffer.initial_state.copy_(memory.state)
+    for t in range(buffer.num_steps):
+        if should_stop():
+            return obs, memory, episodes, False
+        tic = time.perf_counter()
+        obs_t = to_device(obs)  # (N, K*C, H, W) uint8: frames become floats on the device
+        with torch.inference_mode():
+            act = policy.act(obs_t, memory.state, memory.starts)
+        actions = act.action.cpu().numpy()  # the one sync per step: the envs need the actions
+        tac = time.perf_counter()
+        result = envs.step(actions)
+        toc = time.perf_counter()
+        dones = result.terminated | result.truncated
+        rewards_dones = to_device(np.stack([scaler(result.rewards, dones), dones.astype(np.float32)]))  # (2, N)
+        bootstrap = torch.zeros(envs.num_envs, device=buffer.device)
+        if result.truncated.any():  # time limit: the episode's value beyond it is V(final obs), not 0
+            with torch.inference_mode():
+                cut = to_device(result.truncated)
+                final = to_device(result.final_obs[result.truncated])
+                state = None if act.state is None else act.state[cut]
+                fresh = torch.zeros(len(final), dtype=torch.bool, device=buffer.device)
+                bootstrap[cut] = policy.value(final, state, fresh)
+        inputs = act.features if policy.caches_features else obs_t
+        rewards, ended = rewards_dones[0], rewards_dones[1]
+        buffer.add(t, inputs, act.action, act.logprob, act.value, rewards, ended, bootstrap, memory.starts)
+        memory = Memory(act.state, ended.bool())
+        obs = result.obs
+        episodes.extend(result.episodes)
+        timing["inference"] += tac - tic + time.perf_counter() - toc
+        timing["env"] += toc - tac
+        on_step(t)
+    return obs, memory, episodes, True
