@@ -98,8 +98,10 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_trains_resumes_and_refuses_another_world_size(tmp_path):
+    """With a frozen backbone's feature cache and a recurrent core, whose states travel in the checkpoint."""
     logdir = tmp_path / "run_1"
-    first = run(torchrun(*TINY, "--steps", "128", "--eval-interval", "64", "--logdir", str(logdir)))
+    recurrent_frozen = ["--recurrent", "gru", "--recurrent-size", "16", "--freeze-backbone"]  # the cache, the core
+    first = run(torchrun(*TINY, *recurrent_frozen, "--steps", "128", "--eval-interval", "64", "--logdir", str(logdir)))
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("pixelppo: procgen/bigfish") == 1 and "x 2 processes" in first.stdout
     saved = checkpoint.load_checkpoint(logdir / "last.pth")
