@@ -590,7 +590,10 @@ class AtariVecEnv(VecEnv):
     30 no-op starts, fire reset, frame stack) and raw rewards.
 
     With `episodic_life` a lost life is reported as terminated (a training-only trick) while the game
-    goes on; `episodes` always reports full games, so returns are those of whole games.
+    goes on; `episodes` always reports full games, so returns are those of whole games. In games with a FIRE
+    action, every life starts with FIRE, as CleanRL's FireResetEnv does after each lost life (ALE presses it
+    only when a game starts): the env replaces the policy's action by FIRE on the first step after a lost
+    life, so that step's action has no effect, and no policy waits forever for a ball that is never served.
     """
 
     frame_channels = 1
@@ -626,6 +629,8 @@ class AtariVecEnv(VecEnv):
         )
         self.seed = seed
         self.episodic_life = episodic_life
+        self.fire_action = fire_action_index(game)
+        self.fire_next = np.zeros(num_envs, dtype=bool)  # the first step of a new life (not of a new game)
         self.num_envs = num_envs
         self.obs_shape = (history_length, 84, 84)
         self.num_actions = int(self.env.single_action_space.n)
@@ -636,14 +641,19 @@ class AtariVecEnv(VecEnv):
     def reset(self) -> np.ndarray:
         obs, info = self.env.reset(seed=self.seed)
         self.lives = info["lives"].copy()
+        self.fire_next[:] = False
         self.tracker.reset()
         self.last_obs = obs
         return obs
 
     def step(self, actions: np.ndarray) -> StepResult:
-        obs, rewards, game_over, truncated, info = self.env.step(actions.astype(np.int32))
+        actions = actions.astype(np.int32)
+        if self.fire_action is not None:
+            actions = np.where(self.fire_next, self.fire_action, actions).astype(np.int32)
+        obs, rewards, game_over, truncated, info = self.env.step(actions)
         ended = game_over | truncated
         lost_life = (info["lives"] < self.lives) & ~ended
+        self.fire_next = lost_life
         self.lives = info["lives"].copy()
         final_obs = obs.copy()
         if ended.any():
@@ -659,6 +669,17 @@ class AtariVecEnv(VecEnv):
 
     def close(self) -> None:
         self.env.close()
+
+
+def fire_action_index(game: str) -> int | None:
+    """Index of FIRE in the game's minimal action set (the vector env's actions), None without one."""
+    import ale_py
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(ale_py.roms.get_rom_path(game))
+    actions = list(ale.getMinimalActionSet())
+    return actions.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in actions else None
 
 
 # ---------------------------------------------------------------------------------------- Factory

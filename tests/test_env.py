@@ -134,3 +134,15 @@ def test_crafter_vec_env_plays_crafters_own_games(monkeypatch):
                     obs = game.reset()
                 np.testing.assert_array_equal(result.obs[i], obs.transpose(2, 0, 1))
     assert episodes >= 2  # resets were compared too
+
+
+def test_every_atari_life_starts_with_fire():
+    """ALE presses FIRE only when a game starts; after a lost life Breakout waits for FIRE forever, so the env
+    presses it (CleanRL's FireResetEnv does the same): a policy that never fires still finishes games."""
+    with make_vec_env("atari/Breakout", 2, seed=0, history_length=4, episodic_life=True) as envs:
+        envs.reset()
+        rng = np.random.default_rng(0)
+        games = []
+        for _ in range(2000):
+            games += envs.step(rng.choice([0, 2, 3], 2)).episodes  # NOOP, RIGHT, LEFT: never FIRE
+    assert len(games) >= 4
