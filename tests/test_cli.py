@@ -38,55 +38,14 @@ TINY = [
     "--wandb-mode",
     "offline",
 ]
-# every family trains a recurrent policy here: evaluate.py must carry its state through whole episodes
 FAMILIES = {
-    "crafter": [
-        "--env",
-        "crafter",
-        "--num-envs",
-        "4",
-        "--steps",
-        "2048",
-        "--eval-interval",
-        "1024",
-        "--recurrent",
-        "gru",
-        "--recurrent-size",
-        "32",
-    ],  # fmt: skip
-    "procgen": [
-        "--env",
-        "procgen/bigfish",
-        "--num-envs",
-        "8",
-        "--steps",
-        "3072",
-        "--eval-interval",
-        "1536",
-        "--history-length",
-        "2",
-        "--recurrent",
-        "lstm",
-        "--recurrent-size",
-        "32",
-    ],
-    "atari": [
-        "--env",
-        "atari/Breakout",
-        "--num-envs",
-        "4",
-        "--steps",
-        "2048",
-        "--eval-interval",
-        "1024",
-        "--backbone",
-        "nature_cnn",
-        "--recurrent",
-        "gru",
-        "--recurrent-size",
-        "32",
-    ],
-}
+    "crafter": ["--env", "crafter", "--num-envs", "4", "--steps", "2048", "--eval-interval", "1024"],
+    "procgen": ["--env", "procgen/bigfish", "--num-envs", "8", "--steps", "3072", "--eval-interval", "1536",
+                "--history-length", "2"],
+    "atari": ["--env", "atari/Breakout", "--num-envs", "4", "--steps", "2048", "--eval-interval", "1024"],
+}  # fmt: skip
+# every family trains a recurrent policy here: evaluate.py must carry its state through whole episodes
+RECURRENT = {"crafter": "gru", "procgen": "lstm", "atari": "gru"}
 
 
 def run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -98,7 +57,8 @@ def run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProc
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def trained_run(request, tmp_path_factory):
     logdir = tmp_path_factory.mktemp(request.param) / "run_1"
-    args = [*TINY, *FAMILIES[request.param], "--logdir", str(logdir)]
+    recurrent = ["--recurrent", RECURRENT[request.param], "--recurrent-size", "32"]
+    args = [*TINY, *FAMILIES[request.param], *recurrent, "--logdir", str(logdir)]
     if request.param == "atari":
         args += ["--eval-episodes", "1", "--eval-envs", "1"]  # full games (all lives) are long
     proc = run("train.py", *args)
