@@ -97,6 +97,14 @@ def make_train_env(cfg: Config, rank: int = 0) -> VecEnv:
     )
 
 
+def make_policy_spec(cfg: Config, envs: VecEnv) -> PolicySpec:
+    """The network a run's settings describe, for the envs' observations and actions."""
+    return PolicySpec(
+        cfg.backbone, envs.obs_shape, envs.frame_channels, envs.num_actions, cfg.head_hidden, cfg.freeze_backbone,
+        cfg.feature_norm, cfg.trunk_hidden, cfg.value_norm, cfg.image_size, cfg.recurrent, cfg.recurrent_size,
+    )  # fmt: skip
+
+
 def make_buffer(cfg: Config, policy: ActorCritic, envs: VecEnv, device: torch.device) -> RolloutBuffer:
     feature_dim = policy.feature_dim if policy.caches_features else None
     state_size = policy.core.state_size if policy.core is not None else 0
@@ -136,20 +144,7 @@ class Trainer:
             else eval_envs
             or make_eval_env(cfg, min(cfg.eval_envs, cfg.eval_episodes), cfg.seed, num_workers=eval_workers)
         )
-        self.spec = PolicySpec(
-            cfg.backbone,
-            self.envs.obs_shape,
-            self.envs.frame_channels,
-            self.envs.num_actions,
-            cfg.head_hidden,
-            cfg.freeze_backbone,
-            cfg.feature_norm,
-            cfg.trunk_hidden,
-            cfg.value_norm,
-            cfg.image_size,
-            cfg.recurrent,
-            cfg.recurrent_size,
-        )
+        self.spec = make_policy_spec(cfg, self.envs)
         pretrained = cfg.pretrained and resume is None  # a resumed run's weights come from its checkpoint
         self.policy = ActorCritic(self.spec, pretrained, cfg.pretrained_file if pretrained else "").to(self.device)
         self.ranks.broadcast_parameters(self.policy)  # one starting point (pretrained weights load on every rank)
@@ -165,13 +160,13 @@ class Trainer:
         self.policy.amp = cfg.amp
         if cfg.compile:
             self.policy.backbone.compile()  # in place: checkpoints keep the plain parameter names
-        if cfg.augment != "none" and self.policy.caches_features and main:
-            warnings.warn(
-                f"--augment {cfg.augment} with a frozen backbone: the update must see augmented frames, so the "
-                "backbone's features are no longer cached (it runs in every epoch)",
-                stacklevel=2,
-            )
         if cfg.augment != "none":
+            if self.policy.caches_features and main:
+                warnings.warn(
+                    f"--augment {cfg.augment} with a frozen backbone: the update must see augmented frames, so "
+                    "the backbone's features are no longer cached (it runs in every epoch)",
+                    stacklevel=2,
+                )
             self.policy.cache_features = False
         self.ppo = PPO(self.policy, cfg, seed=cfg.seed, ranks=self.ranks)
         self.buffer = make_buffer(cfg, self.policy, self.envs, self.device)

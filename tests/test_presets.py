@@ -1,23 +1,22 @@
 """The presets are their sources' recipes: settings and networks point by point (see configs/*.yaml)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from agent import PPO
 from config import config_from_args
-from policy import ActorCritic, MoonImpalaCNN, PolicySpec
+from policy import ActorCritic, MoonImpalaCNN
+from train import make_policy_spec
 
 
 def preset_policy(name: str, obs_shape, frame_channels: int, num_actions: int) -> tuple:
     cfg = config_from_args(["--preset", name])
-    spec = PolicySpec(
-        cfg.backbone, obs_shape, frame_channels, num_actions, cfg.head_hidden, cfg.freeze_backbone,
-        cfg.feature_norm, cfg.trunk_hidden, cfg.value_norm, cfg.image_size,
-    )  # fmt: skip
+    envs = SimpleNamespace(obs_shape=obs_shape, frame_channels=frame_channels, num_actions=num_actions)
     torch.manual_seed(0)
-    return cfg, ActorCritic(spec)
+    return cfg, ActorCritic(make_policy_spec(cfg, envs))
 
 
 def row_norms(weight: torch.Tensor) -> torch.Tensor:
