@@ -488,7 +488,7 @@ class Trainer:
             "global_step": self.global_step,
             "finished": stop_reason is None,
             "stopped_by": stop_reason,
-            "best_eval_score": self.best_score,
+            "best_eval_score": self.best_score if math.isfinite(self.best_score) else None,  # None: no evaluation yet
             "last_eval_score": self.last_score,
             "sps": self.global_step / max(self.elapsed(), 1e-9),
             "seconds": self.elapsed(),
