@@ -316,7 +316,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the eval envs and sampled actions (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--deterministic", action="store_true", help="argmax actions instead of sampling")
-    p.add_argument("--levels", default="", help="Procgen unseen levels as START:COUNT (default: 1000 after training)")
+    p.add_argument(
+        "--levels", default="", help="Procgen test levels as START:COUNT (default 0:0, the full distribution)"
+    )
     p.add_argument("--record", action="store_true", help="write a video of one episode per checkpoint and set")
     p.add_argument("--video-frames", type=int, default=3000, help="longest recorded video in frames (default 3000)")
     p.add_argument("--render", action="store_true", help="show env 0 in a window while playing (needs a display)")
