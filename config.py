@@ -100,7 +100,7 @@ class Config:
     # game options
     distribution_mode: str = arg("easy", "Procgen distribution mode", choices=PROCGEN_MODES)
     start_level: int = arg(0, "Procgen: first training level")
-    num_levels: int = arg(200, "Procgen: number of training levels (0: unlimited); evaluation during training uses the 1000 after them")
+    num_levels: int = arg(200, "Procgen: training levels (0: unlimited); evaluation in training: the 1000 after them")
     episodic_life: bool = arg(True, "Atari: a lost life ends the training episode (never in evaluation)")
     sticky_actions: float = arg(0.0, "Atari: repeat-action probability (0.25 is the v5 protocol)")
     # logging
