@@ -2,16 +2,18 @@
 
 `python bench/learning.py atari-breakout --seeds 1 2 --steps 300000 --parallel 2` trains every system of the
 experiment for every seed in fresh processes (logs under logs/learning/<experiment>/), then writes
-bench/results/<experiment>.json (the table: final metric per run, mean and spread per system) and
-bench/results/<experiment>.png (the curves). Runs already finished are read back, not run again; a stopped
-pixelppo run is continued with --resume, so an experiment can be spread over several sessions.
+bench/results/<experiment>-<steps>.json (the table: final metric per run, mean and spread per system) and
+bench/results/<experiment>-<steps>.png (the curves), e.g. atari-breakout-300k.json. Runs already finished are
+read back, not run again; a stopped pixelppo run is continued with --resume, so an experiment can be spread over
+several sessions.
 
 Experiments:
 - atari-breakout: `--preset atari-cleanrl` against CleanRL's ppo_atari.py (bench/baselines.py); both follow the
   10M-step recipe (the learning rate anneals over 10M steps) and stop at --steps. Metric: mean raw full-game
   return of the last 100 training episodes.
 - crafter: small trained CNNs and the default run's frozen backbone (random and pretrained EfficientNet-Lite0
-  features) and crafter-moon. Metric: Crafter score over all training episodes (the published protocol).
+  features) and crafter-moon, all on the published 1M-step budget (the learning rate anneals over 1M steps;
+  a smaller --steps stops early). Metric: Crafter score over all training episodes (the published protocol).
 - procgen-starpilot: `--preset procgen-official` against a plain PyTorch loop over ProcgenGym3Env with the same
   settings (bench/baselines.py). Metric: mean return of the last 100 training episodes.
 """
@@ -50,6 +52,8 @@ class System:
     batch: int = 1024  # the baseline's steps per update
 
 
+CRAFTER_BUDGET = ["--steps", "1000000"]  # Hafner 2021's protocol: the schedule spans 1M steps
+
 EXPERIMENTS: dict[str, dict] = {
     "atari-breakout": {
         "metric": "return_last_100",
@@ -72,11 +76,15 @@ EXPERIMENTS: dict[str, dict] = {
                     "16",
                     "--head-hidden",
                     "0",
+                    *CRAFTER_BUDGET,
                 ],
             ),  # fmt: skip
-            System("frozen_random_effnetv2s", ["--no-pretrained"]),
-            System("frozen_lite0_imagenet", ["--backbone", "tf_efficientnet_lite0", "--pretrained-file", "LITE0"]),
-            System("crafter_moon", ["--preset", "crafter-moon"]),
+            System("frozen_random_effnetv2s", ["--no-pretrained", *CRAFTER_BUDGET]),
+            System(
+                "frozen_lite0_imagenet",
+                ["--backbone", "tf_efficientnet_lite0", "--pretrained-file", "LITE0", *CRAFTER_BUDGET],
+            ),
+            System("crafter_moon", ["--preset", "crafter-moon", *CRAFTER_BUDGET]),
         ],
     },
     "procgen-starpilot": {
@@ -153,6 +161,13 @@ def run_one(system: System, seed: int, steps: int, folder: Path, threads: str, m
     return result
 
 
+def budget_name(steps: int) -> str:
+    """300000 -> '300k', 1000000 -> '1M'."""
+    if steps % 1_000_000 == 0:
+        return f"{steps // 1_000_000}M"
+    return f"{steps / 1000:g}k"
+
+
 def summarize(name: str, runs: list[dict], steps: int) -> dict:
     table = {}
     for system in dict.fromkeys(r["system"] for r in runs):
@@ -203,8 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
         runs = list(pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment["metric"]), jobs))
     summary = summarize(args.experiment, runs, args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.experiment}.json").write_text(json.dumps(summary, indent=1))
-    plot(summary, RESULTS / f"{args.experiment}.png")
+    out = RESULTS / f"{args.experiment}-{budget_name(args.steps)}"
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    plot(summary, out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in summary["table"].items()}, indent=1))
     return summary
 
