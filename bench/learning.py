@@ -14,8 +14,10 @@ Experiments:
 - crafter: small trained CNNs and the default run's frozen backbone (random and pretrained EfficientNet-Lite0
   features) and crafter-moon, all on the published 1M-step budget (the learning rate anneals over 1M steps;
   a smaller --steps stops early). Metric: Crafter score over all training episodes (the published protocol).
-- procgen-starpilot: `--preset procgen-official` against a plain PyTorch loop over ProcgenGym3Env with the same
-  settings (bench/baselines.py). Metric: mean return of the last 100 training episodes.
+- procgen-starpilot: `--preset procgen-official`, with and without `--augment shift`, against a plain PyTorch loop
+  over ProcgenGym3Env with the same settings (bench/baselines.py). Metric: mean return of the last 100 training
+  episodes; evaluate.py then scores each pixelppo run's last checkpoint on its training levels and on unseen
+  levels (the generalization gap).
 """
 
 from __future__ import annotations
@@ -89,8 +91,12 @@ EXPERIMENTS: dict[str, dict] = {
     },
     "procgen-starpilot": {
         "metric": "return_last_100",
+        "evaluate_episodes": 100,  # evaluate.py on the last checkpoint: training levels against unseen levels
         "systems": [
             System("pixelppo", ["--preset", "procgen-official", "--env", "procgen/starpilot"]),
+            System(
+                "pixelppo_shift", ["--preset", "procgen-official", "--env", "procgen/starpilot", "--augment", "shift"]
+            ),
             System("plain_loop", baseline=["procgen", "--game", "starpilot"], batch=64 * 256),
         ],
     },
@@ -117,6 +123,11 @@ def rolling_last_100(episodes: list, steps: list[int]) -> list[float | None]:
     return out
 
 
+def final_value(curve: list) -> float | None:
+    """The metric at the last step, None before the first episode ends."""
+    return curve[-1][1] if curve else None
+
+
 def run_pixelppo(system: System, seed: int, steps: int, logdir: Path, threads: str, metric: str) -> dict:
     args = [a if a != "LITE0" else lite0_weights() for a in system.train_args]
     if (logdir / "last.pth").exists():
@@ -132,7 +143,7 @@ def run_pixelppo(system: System, seed: int, steps: int, logdir: Path, threads: s
     key = {"return_last_100": "charts/return_last_100", "crafter_score": "crafter/score"}[metric]
     curve = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
     summary = json.loads((logdir / "summary.json").read_text())
-    return {"steps": summary["global_step"], "sps": summary["sps"], "curve": curve, "final": curve[-1][1]}
+    return {"steps": summary["global_step"], "sps": summary["sps"], "curve": curve, "final": final_value(curve)}
 
 
 def run_baseline(system: System, seed: int, steps: int, logdir: Path, threads: str, metric: str) -> dict:
@@ -145,34 +156,53 @@ def run_baseline(system: System, seed: int, steps: int, logdir: Path, threads: s
     (logdir / "baseline.json").write_text(json.dumps(result))
     grid = list(range(system.batch, result["steps"] + 1, system.batch))
     curve = [(s, v) for s, v in zip(grid, rolling_last_100(result["episodes"], grid), strict=True) if v is not None]
-    return {"steps": result["steps"], "sps": result["steps_per_s"], "curve": curve, "final": curve[-1][1]}
+    return {"steps": result["steps"], "sps": result["steps_per_s"], "curve": curve, "final": final_value(curve)}
 
 
-def run_one(system: System, seed: int, steps: int, folder: Path, threads: str, metric: str) -> dict:
+def evaluate_sets(logdir: Path, episodes: int, threads: str) -> dict[str, float]:
+    """evaluate.py on the run's last checkpoint: mean return per level set (Procgen: train and test)."""
+    out = logdir / "evaluation.json"
+    cmd = [str(ROOT / "evaluate.py"), str(logdir / "last.pth"), "--episodes", str(episodes), "--json", str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": threads}
+    with open(logdir.parent / f"{logdir.name}.log", "a") as log:
+        subprocess.run([sys.executable, *cmd], stdout=log, stderr=log, env=env, check=True)
+    rows = json.loads(out.read_text())
+    return {row["set"]: row["mean_return"] for row in (rows if isinstance(rows, list) else [rows])}
+
+
+def run_one(system: System, seed: int, steps: int, folder: Path, threads: str, experiment: dict) -> dict:
     logdir = folder / f"{system.name}_seed{seed}"
     done = logdir / "result.json"
     if done.exists() and json.loads(done.read_text())["steps"] >= steps:
         return json.loads(done.read_text())
     print(f"running {logdir.name} for {steps:,} steps", flush=True)
     runner = run_pixelppo if system.train_args is not None else run_baseline
-    result = {"system": system.name, "seed": seed} | runner(system, seed, steps, logdir, threads, metric)
+    result = {"system": system.name, "seed": seed} | runner(system, seed, steps, logdir, threads, experiment["metric"])
+    if system.train_args is not None and experiment.get("evaluate_episodes"):
+        result["evaluate"] = evaluate_sets(logdir, experiment["evaluate_episodes"], threads)
     done.write_text(json.dumps(result))
-    print(f"{logdir.name}: {result['final']:.2f} at {result['steps']:,} steps ({result['sps']:.0f} sps)", flush=True)
+    final = "n/a" if result["final"] is None else f"{result['final']:.2f}"
+    print(f"{logdir.name}: {final} at {result['steps']:,} steps ({result['sps']:.0f} sps)", flush=True)
     return result
 
 
 def budget_name(steps: int) -> str:
-    """300000 -> '300k', 1000000 -> '1M'."""
+    """300000 -> '300k', 1000000 -> '1M', 256 -> '256'."""
     if steps % 1_000_000 == 0:
         return f"{steps // 1_000_000}M"
-    return f"{steps / 1000:g}k"
+    return f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
 
 
 def summarize(name: str, runs: list[dict], steps: int) -> dict:
     table = {}
     for system in dict.fromkeys(r["system"] for r in runs):
         finals = [r["final"] for r in runs if r["system"] == system]
-        table[system] = {"mean": float(np.mean(finals)), "min": min(finals), "max": max(finals), "runs": finals}
+        done = [f for f in finals if f is not None] or [float("nan")]  # nan: no episode finished yet
+        table[system] = {"mean": float(np.mean(done)), "min": min(done), "max": max(done), "runs": finals}
+        evaluations = [r["evaluate"] for r in runs if r["system"] == system and "evaluate" in r]
+        for level_set in evaluations[0] if evaluations else []:
+            values = [e[level_set] for e in evaluations]
+            table[system][f"evaluate_{level_set}"] = {"mean": float(np.mean(values)), "runs": values}
     return {"experiment": name, "metric": EXPERIMENTS[name]["metric"], "steps": steps, "table": table, "runs": runs}
 
 
@@ -184,7 +214,7 @@ def plot(summary: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for system in summary["table"]:
-        for i, run in enumerate(r for r in summary["runs"] if r["system"] == system):
+        for i, run in enumerate(r for r in summary["runs"] if r["system"] == system and r["curve"]):
             steps, values = zip(*run["curve"], strict=True)
             color = f"C{list(summary['table']).index(system)}"
             ax.plot(steps, values, color=color, alpha=0.8, label=system if i == 0 else None)
@@ -194,7 +224,8 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xlabel("environment steps")
     ax.set_ylabel(summary["metric"].replace("_", " "))
     ax.set_title(f"{summary['experiment']}: every seed, {summary['steps']:,} steps")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -215,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
     jobs = [(system, seed) for seed in args.seeds for system in systems]
     with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment["metric"]), jobs))
+        runs = list(pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment), jobs))
     summary = summarize(args.experiment, runs, args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.experiment}-{budget_name(args.steps)}"
