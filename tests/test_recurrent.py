@@ -5,6 +5,7 @@ import pytest
 import torch
 from toy_env import CueMemoryVecEnv, GridGoalVecEnv
 
+from buffer import RolloutBuffer
 from config import Config
 from evaluate import run_episodes
 from rollout import collect_rollout
@@ -47,15 +48,13 @@ def test_first_epoch_replays_the_rollout_across_episode_boundaries(recurrent, fr
 
 
 def test_minibatches_are_whole_env_sequences():
-    cfg = small_config("unused")
-    from buffer import RolloutBuffer
-
+    num_minibatches = 2
     buffer = RolloutBuffer(5, 4, (3, 8, 8), torch.device("cpu"), feature_dim=2, state_size=3)
     buffer.inputs = torch.arange(20.0).view(5, 4, 1).expand(5, 4, 2).clone()  # value = t * N + env
     buffer.initial_state = torch.arange(12.0).view(4, 3)
     seen = []
-    for mb in buffer.minibatches(cfg.num_minibatches):
-        envs = mb.inputs[: 4 // cfg.num_minibatches, 0].long()  # step 0 of each env of the minibatch
+    for mb in buffer.minibatches(num_minibatches):
+        envs = mb.inputs[: 4 // num_minibatches, 0].long()  # step 0 of each env of the minibatch
         expected = (torch.arange(5)[:, None] * 4 + envs[None, :]).flatten().float()
         assert torch.equal(mb.inputs[:, 0], expected)  # time-major, whole sequences
         assert torch.equal(mb.initial_state, buffer.initial_state[envs])
