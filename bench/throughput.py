@@ -9,6 +9,7 @@ these machines are noisy:
   backbone in every epoch, and whether the learned heads come out the same.
 - recurrent_update: the PPO update of GRU and LSTM policies against the feed-forward one (same backbone and
   batch), with no episode start inside the rollout, starts every 32 steps, and starts at every step.
+- augment_update: the PPO update with --augment shift and crop against none (procgen-official's network).
 - ranks: train.py on one process against two torchrun processes on the same global batch.
 - training: train.py's loop side by side with baselines written in bench/baselines.py (CleanRL's
   ppo_atari.py; a plain PyTorch loop over ProcgenGym3Env), alternating runs in fresh processes; steps/s,
@@ -214,24 +215,21 @@ def bench_update_cache(quick: bool) -> dict:
     }
 
 
-def recurrent_update_seconds(recurrent: str, start_every: int, T: int, N: int, shape: tuple, repeats: int) -> float:
-    """Best-of-`repeats` seconds of one PPO update (CleanRL's Atari sizes) on a random rollout whose episodes
-    start every `start_every` steps in all envs (0: never inside the rollout)."""
-    from config import Config
-
+def update_seconds(spec: PolicySpec, cfg, T: int, start_every: int, repeats: int) -> float:
+    """Best-of-`repeats` seconds of one PPO update with `cfg`'s settings on a random rollout of T steps x
+    cfg.num_envs whose episodes start every `start_every` steps in all envs (0: never inside the rollout)."""
     torch.manual_seed(0)
-    spec = PolicySpec("nature_cnn", shape, 1, 6, 0, False, False, 0, False, 0, recurrent, 256)
     policy = ActorCritic(spec)
-    cfg = Config(update_epochs=4, num_minibatches=4, recurrent=recurrent)
+    N, A = cfg.num_envs, spec.num_actions
     state_size = policy.core.state_size if policy.core is not None else 0
-    buf = RolloutBuffer(T, N, shape, torch.device("cpu"), None, None, state_size)
+    buf = RolloutBuffer(T, N, spec.obs_shape, torch.device("cpu"), None, None, state_size)
     g = torch.Generator().manual_seed(0)
-    buf.inputs = torch.randint(0, 255, (T, N, *shape), dtype=torch.uint8, generator=g)
-    buf.actions = torch.randint(0, 6, (T, N), generator=g)
+    buf.inputs = torch.randint(0, 255, (T, N, *spec.obs_shape), dtype=torch.uint8, generator=g)
+    buf.actions = torch.randint(0, A, (T, N), generator=g)
     buf.advantages, buf.returns = torch.randn(T, N, generator=g), torch.randn(T, N, generator=g)
     if start_every:
         buf.starts[::start_every] = True
-    log_probs = torch.log_softmax(torch.randn(T, N, 6, generator=g), -1)
+    log_probs = torch.log_softmax(torch.randn(T, N, A, generator=g), -1)
     buf.logprobs = log_probs.gather(2, buf.actions[..., None])[..., 0]
     best = float("inf")
     for _ in range(repeats):
@@ -244,16 +242,41 @@ def recurrent_update_seconds(recurrent: str, start_every: int, T: int, N: int, s
 
 def bench_recurrent_update(quick: bool) -> dict:
     """Update time of GRU / LSTM policies against the feed-forward one, same backbone and batch (8 envs x 128
-    steps, Nature CNN): with no episode start inside the rollout (one recurrent call per sequence), with starts
-    every 32 steps (4 calls) and at every step (the per-step loop, the worst case)."""
-    T, N, shape, repeats = (32, 8, (4, 84, 84), 1) if quick else (128, 8, (4, 84, 84), 2)
-    feed_forward = recurrent_update_seconds("none", 0, T, N, shape, repeats)
-    out = {"batch": T * N, "feed_forward_seconds": round(feed_forward, 3)}
+    steps, Nature CNN, CleanRL's Atari sizes): with no episode start inside the rollout (one recurrent call per
+    sequence), with starts every 32 steps (4 calls) and at every step (the per-step loop, the worst case)."""
+    from config import Config
+
+    T, shape, repeats = (32, (4, 84, 84), 1) if quick else (128, (4, 84, 84), 2)
+
+    def seconds(recurrent: str, start_every: int) -> float:
+        spec = PolicySpec("nature_cnn", shape, 1, 6, 0, False, False, 0, False, 0, recurrent, 256)
+        cfg = Config(num_envs=8, update_epochs=4, num_minibatches=4, recurrent=recurrent)
+        return update_seconds(spec, cfg, T, start_every, repeats)
+
+    feed_forward = seconds("none", 0)
+    out = {"batch": T * 8, "feed_forward_seconds": round(feed_forward, 3)}
     for kind in ("gru", "lstm"):
         for label, every in (("no_starts", 0), ("starts_every_32", 32), ("starts_every_step", 1)):
-            seconds = recurrent_update_seconds(kind, every, T, N, shape, repeats)
-            out[f"{kind}_{label}_seconds"] = round(seconds, 3)
-            out[f"{kind}_{label}_ratio"] = round(seconds / feed_forward, 2)
+            took = seconds(kind, every)
+            out[f"{kind}_{label}_seconds"] = round(took, 3)
+            out[f"{kind}_{label}_ratio"] = round(took / feed_forward, 2)
+    return out
+
+
+def bench_augment_update(quick: bool) -> dict:
+    """Update time with --augment shift and crop against none: procgen-official's network and update settings
+    (IMPALA CNN [16, 32, 32], 3 epochs x 8 minibatches) on 16 envs x 256 steps of 64x64 RGB."""
+    from config import Config
+
+    repeats = 1 if quick else 2
+    T = 64 if quick else 256
+    spec = PolicySpec("impala_cnn", (3, 64, 64), 3, 15, 0, False, False)
+    out = {"batch": T * 16}
+    for kind in ("none", "shift", "crop"):
+        cfg = Config(num_envs=16, update_epochs=3, num_minibatches=8, augment=kind)
+        out[f"{kind}_seconds"] = round(update_seconds(spec, cfg, T, 0, repeats), 3)
+    for kind in ("shift", "crop"):
+        out[f"{kind}_ratio"] = round(out[f"{kind}_seconds"] / out["none_seconds"], 2)
     return out
 
 
@@ -409,7 +432,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter measurements (minutes, not tens of minutes)")
     parser.add_argument(
-        "--only", default="crafter_env,update_cache,recurrent_update,ranks,training", help="comma-separated sections"
+        "--only",
+        default="crafter_env,update_cache,recurrent_update,augment_update,ranks,training",
+        help="comma-separated sections",
     )
     parser.add_argument("--child", choices=list(TRAINING), help=argparse.SUPPRESS)  # one isolated training run
     parser.add_argument("--updates", type=int, default=1, help=argparse.SUPPRESS)
@@ -428,6 +453,8 @@ def main() -> None:
         results["ranks"] = bench_ranks(args.quick)
     if "recurrent_update" in sections:
         results["recurrent_update"] = bench_recurrent_update(args.quick)
+    if "augment_update" in sections:
+        results["augment_update"] = bench_augment_update(args.quick)
     if "training" in sections:
         results["training"] = bench_training(args.quick)
     print(json.dumps(results, indent=2))
