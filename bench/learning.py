@@ -86,7 +86,7 @@ EXPERIMENTS: dict[str, dict] = {
                 "frozen_lite0_imagenet",
                 ["--backbone", "tf_efficientnet_lite0", "--pretrained-file", "LITE0", *CRAFTER_BUDGET],
             ),
-            System("crafter_moon", ["--preset", "crafter-moon", *CRAFTER_BUDGET]),
+            System("crafter_moon", ["--preset", "crafter-moon", "--steps", "1024000"]),  # its 250 updates of 4096
         ],
     },
     "procgen-starpilot": {
