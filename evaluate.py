@@ -24,7 +24,7 @@ import torch
 from agent import explained_variance
 from buffer import RewardScaler
 from checkpoint import CheckpointError, atomic_write, load_checkpoint, resolve_checkpoint_path
-from config import Config, resolve_device
+from config import Config, resolve_device, resolve_precision
 from env import EpisodeStats, VecEnv, make_vec_env, parse_env_id
 from errors import UsageError
 from policy import ActorCritic, PolicySpec
@@ -340,6 +340,7 @@ def evaluate_checkpoint(path: Path, args: argparse.Namespace, device: torch.devi
     payload = load_checkpoint(path, map_location=device)
     cfg = Config.from_checkpoint(payload["config"], str(path))
     policy = load_policy(payload, device)
+    policy.precision = resolve_precision(cfg.precision, device)  # the run's arithmetic, as it resolves here
     rows = []
     for set_name, levels in level_sets(cfg, args.levels).items():
         with make_eval_env(cfg, min(args.num_envs, args.episodes), args.seed, levels) as envs:

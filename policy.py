@@ -456,7 +456,7 @@ class ActorCritic(nn.Module):
     (BatchNorm uses its running statistics, dropout is off), so PPO's ratio is 1 before the first step. The
     heads see features of unit scale (LayerNorm, unless `feature_norm` is off for networks whose published
     recipe has none), the policy's last layer starts at gain 0.01 (near-uniform actions) and the heads run in
-    float32 even under --amp."""
+    float32 even under --precision bf16."""
 
     def __init__(self, spec: PolicySpec, pretrained: bool = False, pretrained_file: str = ""):
         super().__init__()
@@ -494,7 +494,7 @@ class ActorCritic(nn.Module):
         self.backbone.eval()  # one function in rollout and update: running BatchNorm statistics, no dropout
         return self
 
-    amp = False  # bf16 autocast for the backbone (train.py --amp); heads and outputs stay float32
+    precision = "fp32"  # "bf16": autocast the backbone (train.py --precision); heads and outputs stay float32
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         """obs (B, K*C, H, W) uint8 -> features (B, F) float32."""
@@ -503,7 +503,7 @@ class ActorCritic(nn.Module):
         if self.spec.image_size:
             x = F.interpolate(x, size=(self.spec.image_size,) * 2, mode="bilinear", align_corners=False)
         grad = torch.is_grad_enabled() and not self.spec.freeze_backbone
-        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with torch.set_grad_enabled(grad), autocast:
             return self.backbone(x).float()
 

@@ -3,6 +3,7 @@ training-episode statistics and progress output."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from checkpoint import atomic_write
-from config import Config
+from config import Config, native_bf16
 from errors import UsageError
 from scores import crafter_score
 
@@ -207,11 +208,22 @@ def git_info() -> dict:
         return {}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what the platform module knows)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def hardware_info() -> dict:
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
+        "cpu": cpu_model(),
+        "cpu_native_bf16": native_bf16(torch.device("cpu")),
         "platform": platform.platform(),
     }
     if torch.cuda.is_available():

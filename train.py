@@ -33,7 +33,17 @@ from checkpoint import (
     to_arrays,
     to_tensors,
 )
-from config import Config, config_from_flags, parse_flags, resolve_device, resumed_config, validate, write_run_file
+from config import (
+    Config,
+    config_from_flags,
+    parse_flags,
+    precision_note,
+    resolve_device,
+    resolve_precision,
+    resumed_config,
+    validate,
+    write_run_file,
+)
 from distributed import Ranks
 from env import EnvCrashError, VecEnv, make_vec_env
 from errors import UsageError
@@ -132,8 +142,13 @@ class Trainer:
         main = self.ranks.is_main
         self.logdir = Path(self.ranks.broadcast(str(prepare_logdir(cfg)) if main else None))
         seed_everything(cfg.seed)
+        self.precision = resolve_precision(cfg.precision, self.device) if main else None
+        self.precision = self.ranks.broadcast(self.precision)  # one arithmetic for all ranks (rank 0's choice)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.fp32_precision = "tf32"  # fp32 matrix products on tensor cores
         if main:
-            write_run_file(cfg, self.logdir / "config.yaml")
+            note = precision_note(cfg.precision, self.precision, self.device)
+            write_run_file(cfg, self.logdir / "config.yaml", f"precision {note} on this machine")
 
         self.envs = envs or make_train_env(cfg, self.ranks.rank)
         # evaluation only runs between updates: a quarter of the cores' worker processes (~100 MB each) do
@@ -157,7 +172,7 @@ class Trainer:
                 "heads learn; give --pretrained-file, or train the backbone with --no-freeze-backbone",
                 stacklevel=2,
             )
-        self.policy.amp = cfg.amp
+        self.policy.precision = self.precision
         if cfg.compile:
             self.policy.backbone.compile()  # in place: checkpoints keep the plain parameter names
         if cfg.augment != "none":
@@ -185,7 +200,7 @@ class Trainer:
         self.elapsed_before = 0.0  # seconds spent by the run before this process (resume)
         self.memory = Memory.fresh(self.policy, cfg.num_envs, self.device)
         self.obs = self.restore(resume) if resume else self.envs.reset()
-        info = {"pretrained_loaded": self.pretrained_loaded}
+        info = {"pretrained_loaded": self.pretrained_loaded, "precision_used": self.precision}
         wandb_id = resume["resume"]["wandb_id"] if resume else None
         self.logger = RunLogger(cfg, self.logdir, wandb_id, info, enabled=main)
         self.stop = StopSignal()
@@ -216,6 +231,7 @@ class Trainer:
             "optimizer": self.ppo.optimizer.state_dict(),
             "global_step": self.global_step,
             "pretrained_loaded": self.pretrained_loaded,
+            "precision_used": self.precision,
             "best_eval_score": self.best_score,
             "eval_score": self.last_score,
             "resume": {
@@ -293,7 +309,8 @@ class Trainer:
         ranks = f" x {self.ranks.world} processes" if self.ranks.active else ""
         self.say(
             f"pixelppo: {cfg.env} for {cfg.steps:,} steps on {self.device}, {cfg.num_envs} envs{ranks}, "
-            f"backbone {cfg.backbone} -> {self.logdir}"
+            f"backbone {cfg.backbone}, precision {precision_note(cfg.precision, self.precision, self.device)} "
+            f"-> {self.logdir}"
         )
         self.start = last_save = time.time()
         stop_reason = None
@@ -496,6 +513,7 @@ class Trainer:
             "train_episodes": self.episodes.count,
             "return_last_100": float(np.mean(self.episodes.recent_returns)) if self.episodes.recent_returns else None,
             "pretrained_loaded": self.pretrained_loaded,
+            "precision_used": self.precision,
         } | self.episodes.crafter_metrics()
         if not self.ranks.is_main:
             return summary

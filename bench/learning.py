@@ -1,19 +1,22 @@
 """Learning curves at equal steps: pixelppo against baselines and published figures.
 
 `python bench/learning.py atari-breakout --seeds 1 2 --steps 300000 --parallel 2` trains every system of the
-experiment for every seed in fresh processes (logs under logs/learning/<experiment>/), then writes
+experiment for every seed in fresh processes (logs under logs/learning/<experiment>/, or $PIXELPPO_LEARNING_LOGS
+outside a work tree that may be laid anew between sittings), then writes
 bench/results/<experiment>-<steps>.json (the table: final metric per run, mean and spread per system) and
 bench/results/<experiment>-<steps>.png (the curves), e.g. atari-breakout-300k.json. Runs already finished are
 read back, not run again; a stopped pixelppo run is continued with --resume, so an experiment can be spread over
-several sessions.
+several sessions. `--reuse bench/results/FILE.json` takes finished runs from a committed results file instead of
+running them again (cut at --steps): on the CPU the same command reproduces a run's curve exactly.
 
 Experiments:
-- atari-breakout: `--preset atari-cleanrl` against CleanRL's ppo_atari.py (bench/baselines.py); both follow the
-  10M-step recipe (the learning rate anneals over 10M steps) and stop at --steps. Metric: mean raw full-game
-  return of the last 100 training episodes.
-- crafter: small trained CNNs and the default run's frozen backbone (random and pretrained EfficientNet-Lite0
-  features) and crafter-moon, all on the published 1M-step budget (the learning rate anneals over 1M steps;
-  a smaller --steps stops early). Metric: Crafter score over all training episodes (the published protocol).
+- atari-breakout: `--preset atari-cleanrl` in fp32 and in bf16 (`--precision`) against CleanRL's ppo_atari.py
+  (bench/baselines.py); all follow the 10M-step recipe (the learning rate anneals over 10M steps) and stop at
+  --steps. Metric: mean raw full-game return of the last 100 training episodes.
+- crafter: a small trained CNN in fp32 and in bf16, the default run's frozen backbone (random and pretrained
+  EfficientNet-Lite0 features) and crafter-moon, all on the published 1M-step budget (the learning rate anneals
+  over 1M steps; a smaller --steps stops early). Metric: Crafter score over all training episodes (the
+  published protocol).
 - procgen-starpilot: `--preset procgen-official`, with and without `--augment shift`, against a plain PyTorch loop
   over ProcgenGym3Env with the same settings (bench/baselines.py). Metric: mean return of the last 100 training
   episodes; evaluate.py then scores each pixelppo run's last checkpoint on its training levels and on unseen
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-LOGS = ROOT / "logs" / "learning"
+LOGS = Path(os.environ.get("PIXELPPO_LEARNING_LOGS", ROOT / "logs" / "learning"))  # runs (kept between sittings)
 RESULTS = ROOT / "bench" / "results"
 QUIET = ["--wandb-mode", "disabled", "--no-eval-video", "--progress-interval", "120"]
 
@@ -55,32 +58,24 @@ class System:
 
 
 CRAFTER_BUDGET = ["--steps", "1000000"]  # Hafner 2021's protocol: the schedule spans 1M steps
+NATURE_CNN = ["--backbone", "nature_cnn", "--no-pretrained", "--no-freeze-backbone", "--num-envs", "16",
+              "--head-hidden", "0", *CRAFTER_BUDGET]  # fmt: skip
+ATARI_BREAKOUT = ["--preset", "atari-cleanrl", "--env", "atari/Breakout", "--steps", "10000000"]
 
 EXPERIMENTS: dict[str, dict] = {
     "atari-breakout": {
         "metric": "return_last_100",
         "systems": [
-            System("pixelppo", ["--preset", "atari-cleanrl", "--env", "atari/Breakout", "--steps", "10000000"]),
+            System("pixelppo", [*ATARI_BREAKOUT, "--precision", "fp32"]),
+            System("pixelppo_bf16", [*ATARI_BREAKOUT, "--precision", "bf16"]),
             System("cleanrl", baseline=["atari", "--env-id", "BreakoutNoFrameskip-v4"], batch=8 * 128),
         ],
     },
     "crafter": {
         "metric": "crafter_score",
         "systems": [
-            System(
-                "nature_cnn",
-                [
-                    "--backbone",
-                    "nature_cnn",
-                    "--no-pretrained",
-                    "--no-freeze-backbone",
-                    "--num-envs",
-                    "16",
-                    "--head-hidden",
-                    "0",
-                    *CRAFTER_BUDGET,
-                ],
-            ),  # fmt: skip
+            System("nature_cnn", [*NATURE_CNN, "--precision", "fp32"]),
+            System("nature_cnn_bf16", [*NATURE_CNN, "--precision", "bf16"]),
             System("frozen_random_effnetv2s", ["--no-pretrained", *CRAFTER_BUDGET]),
             System(
                 "frozen_lite0_imagenet",
@@ -143,7 +138,13 @@ def run_pixelppo(system: System, seed: int, steps: int, logdir: Path, threads: s
     key = {"return_last_100": "charts/return_last_100", "crafter_score": "crafter/score"}[metric]
     curve = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
     summary = json.loads((logdir / "summary.json").read_text())
-    return {"steps": summary["global_step"], "sps": summary["sps"], "curve": curve, "final": final_value(curve)}
+    return {
+        "steps": summary["global_step"],
+        "sps": summary["sps"],
+        "precision": summary["precision_used"],
+        "curve": curve,
+        "final": final_value(curve),
+    }
 
 
 def run_baseline(system: System, seed: int, steps: int, logdir: Path, threads: str, metric: str) -> dict:
@@ -184,6 +185,24 @@ def run_one(system: System, seed: int, steps: int, folder: Path, threads: str, e
     final = "n/a" if result["final"] is None else f"{result['final']:.2f}"
     print(f"{logdir.name}: {final} at {result['steps']:,} steps ({result['sps']:.0f} sps)", flush=True)
     return result
+
+
+def reuse_runs(path: Path, systems: list[System], seeds: list[int], steps: int, folder: Path) -> None:
+    """Finished runs of `systems` from a committed results file stand in for running them again, cut at the
+    first point at or past `steps`: train.py on the CPU is deterministic (the same command reproduces a run's
+    curve exactly), and runs from before --precision existed ran in fp32."""
+    names = {s.name for s in systems}
+    for run in json.loads(path.read_text())["runs"]:
+        if run["system"] not in names or run["seed"] not in seeds or run["steps"] < steps:
+            continue
+        reached = next(i for i, (step, _) in enumerate(run["curve"]) if step >= steps)
+        curve = run["curve"][: reached + 1]
+        result = run | {"steps": curve[-1][0], "curve": curve, "final": final_value(curve), "reused_from": path.name}
+        result.setdefault("precision", "fp32")
+        logdir = folder / f"{run['system']}_seed{run['seed']}"
+        logdir.mkdir(parents=True, exist_ok=True)
+        if not (logdir / "result.json").exists():
+            (logdir / "result.json").write_text(json.dumps(result))
 
 
 def budget_name(steps: int) -> str:
@@ -238,12 +257,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, required=True, help="environment steps per run")
     parser.add_argument("--systems", nargs="*", help="only these systems (default: all of the experiment)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (each gets cores / parallel threads)")
+    parser.add_argument("--reuse", type=Path, nargs="*", default=[], help="results files whose runs stand in for these")
     args = parser.parse_args(argv)
     experiment = EXPERIMENTS[args.experiment]
     systems = [s for s in experiment["systems"] if not args.systems or s.name in args.systems]
     folder = LOGS / args.experiment
     folder.mkdir(parents=True, exist_ok=True)
     threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
+    for path in args.reuse:
+        reuse_runs(path, systems, args.seeds, args.steps, folder)
     jobs = [(system, seed) for seed in args.seeds for system in systems]
     with ThreadPoolExecutor(args.parallel) as pool:
         runs = list(pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment), jobs))

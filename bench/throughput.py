@@ -1,4 +1,4 @@
-"""Throughput benchmark: `python bench/throughput.py [--quick] [--only crafter_env,update_cache,...]`.
+"""Throughput benchmark: `python bench/throughput.py [--quick] [--only crafter_env,...] [--out FILE.json]`.
 
 Prints one JSON object. Every goal is a ratio against a baseline measured in the same run, because
 these machines are noisy:
@@ -11,10 +11,10 @@ these machines are noisy:
   batch), with no episode start inside the rollout, starts every 32 steps, and starts at every step.
 - augment_update: the PPO update with --augment shift and crop against none (procgen-official's network).
 - ranks: train.py on one process against two torchrun processes on the same global batch.
-- training: train.py's loop side by side with baselines written in bench/baselines.py (CleanRL's
-  ppo_atari.py; a plain PyTorch loop over ProcgenGym3Env), alternating runs in fresh processes; steps/s,
-  time split (env / inference / update) and peak RSS of each process tree; the default Crafter run's
-  peak RSS.
+- training: train.py's loop in fp32 and in bf16 (`--precision`) side by side with baselines written in
+  bench/baselines.py (CleanRL's ppo_atari.py; a plain PyTorch loop over ProcgenGym3Env), and crafter-moon in
+  fp32 and bf16, alternating runs in fresh processes; steps/s, time split (env / inference / update) and peak
+  RSS of each process tree; the default Crafter run's peak RSS.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from agent import PPO  # noqa: E402
 from buffer import RolloutBuffer  # noqa: E402
 from env import CrafterVecEnv, make_crafter  # noqa: E402
 from policy import ActorCritic, PolicySpec  # noqa: E402
+from runlog import hardware_info  # noqa: E402
 
 # ---------------------------------------------------------------------------------------- Crafter
 
@@ -320,7 +321,8 @@ BENCH = Path(__file__).resolve().parent
 TRAINING = {
     "atari": ["--preset", "atari-cleanrl", "--env", "atari/Breakout"],
     "procgen": ["--preset", "procgen-official", "--env", "procgen/starpilot"],
-    "crafter_default": [],  # python train.py with no flags: 64 envs, frozen EfficientNetV2-S
+    "crafter_moon": ["--preset", "crafter-moon"],
+    "crafter_default": [],  # python train.py with no flags
 }
 
 
@@ -392,34 +394,53 @@ def ours(family: str, updates: int, extra: list[str] | None = None) -> dict:
     return isolated(command) | {"settings": " ".join(TRAINING[family] + extra) or "(defaults)"}
 
 
-def side_by_side(baseline_command: list[str], family: str, updates: int, rounds: int, extra: list[str]) -> dict:
-    """Alternate baseline and ours `rounds` times (this machine's speed drifts); ratio of total SPS."""
-    runs: dict[str, list] = {"baseline": [], "ours": []}
+def alternate(measures: dict[str, list[str] | None], family: str, updates: int, rounds: int, extra: list[str]) -> dict:
+    """Runs in fresh processes, alternated `rounds` times (this machine's speed drifts): a baseline command (a
+    bench/baselines.py argument list) or, for None, train.py with `--precision NAME`; -> each name's runs."""
+    runs: dict[str, list] = {name: [] for name in measures}
     for _ in range(rounds):
-        runs["baseline"].append(isolated([str(BENCH / "baselines.py"), *baseline_command, "--updates", str(updates)]))
-        runs["ours"].append(ours(family, updates, extra))
+        for name, baseline in measures.items():
+            if baseline is None:
+                runs[name].append(ours(family, updates, [*extra, "--precision", name]))
+            else:
+                runs[name].append(isolated([str(BENCH / "baselines.py"), *baseline, "--updates", str(updates)]))
+    return runs
+
+
+def precisions_side_by_side(baseline: list[str] | None, family: str, updates: int, rounds: int, extra: list[str]):
+    """train.py in fp32 and in bf16 (and the baseline, when there is one) alternated; steps/s and the ratios."""
+    measures = ({"baseline": baseline} if baseline else {}) | {"fp32": None, "bf16": None}
+    runs = alternate(measures, family, updates, rounds, extra)
     rate = {k: sum(r["steps"] for r in v) / sum(r["seconds"] for r in v) for k, v in runs.items()}
-    return {
-        "baseline_steps_per_s": round(rate["baseline"], 1),
-        "ours_steps_per_s": round(rate["ours"], 1),
-        "ratio": round(rate["ours"] / rate["baseline"], 3),
-        "runs": runs,
-    }
+    result = {f"{k}_steps_per_s": round(v, 1) for k, v in rate.items()}
+    result["bf16_over_fp32"] = round(rate["bf16"] / rate["fp32"], 3)
+    if baseline:
+        result["fp32_over_baseline"] = round(rate["fp32"] / rate["baseline"], 3)
+        result["bf16_over_baseline"] = round(rate["bf16"] / rate["baseline"], 3)
+    return result | {"runs": runs}
 
 
 def bench_training(quick: bool) -> dict:
+    """Each preset in fp32 and in bf16 beside its baseline; `auto` is bf16 where the CPU has native bf16."""
+    from config import resolve_precision
+
     rounds = 1 if quick else 2
-    atari = side_by_side(["atari"], "atari", 2 if quick else 3, rounds, [])
-    atari["goal"] = "ratio >= 1.5 (CleanRL ppo_atari.py, same settings and network)"
+    atari = precisions_side_by_side(["atari"], "atari", 2 if quick else 3, rounds, [])
+    atari["goal"] = "bf16 >= 1.8x CleanRL ppo_atari.py on a CPU with native bf16 (same settings and network)"
     envs, steps = ("16", "64") if quick else ("64", "256")  # the official 64 x 256 unless quick
     sizes = ["--num-envs", envs, "--num-steps", steps]
-    procgen = side_by_side(["procgen", *sizes], "procgen", 1, 1, sizes)  # one update is minutes already
-    procgen["goal"] = "ratio >= 1.5 (plain PyTorch loop over ProcgenGym3Env, official settings)"
+    procgen = precisions_side_by_side(["procgen", *sizes], "procgen", 1, 1, sizes)  # one update is minutes already
+    procgen["goal"] = "bf16 >= 1.8x the plain PyTorch loop over ProcgenGym3Env on a CPU with native bf16"
+    moon_sizes = ["--num-envs", "8", "--num-steps", "64" if quick else "512"]
+    crafter_moon = precisions_side_by_side(None, "crafter_moon", 1, 1, moon_sizes)
+    crafter_moon["goal"] = "bf16 >= 2x fp32 on a CPU with native bf16"
     crafter = ours("crafter_default", 1)
     baseline_rss = procgen["runs"]["baseline"][0]["peak_rss_mb"]
     return {
+        "auto_precision_here": resolve_precision("auto", torch.device("cpu")),
         "atari": atari,
         "procgen": procgen,
+        "crafter_moon": crafter_moon,
         "crafter_default_run": crafter
         | {
             "rss_ratio_vs_plain_procgen_loop": round(crafter["peak_rss_mb"] / baseline_rss, 3),
@@ -436,6 +457,7 @@ def main() -> None:
         default="crafter_env,update_cache,recurrent_update,augment_update,ranks,training",
         help="comma-separated sections",
     )
+    parser.add_argument("--out", default="", help="also write the JSON to this file (e.g. bench/results/...)")
     parser.add_argument("--child", choices=list(TRAINING), help=argparse.SUPPRESS)  # one isolated training run
     parser.add_argument("--updates", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help=argparse.SUPPRESS)
@@ -443,7 +465,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(train_steps_per_s(args.child, args.updates, args.extra)))
         return
-    results: dict = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "quick": args.quick}
+    results: dict = {"hardware": hardware_info(), "torch_threads": torch.get_num_threads(), "quick": args.quick}
     sections = args.only.split(",")
     if "crafter_env" in sections:
         results["crafter_env"] = bench_crafter_env(args.quick)
@@ -457,7 +479,10 @@ def main() -> None:
         results["augment_update"] = bench_augment_update(args.quick)
     if "training" in sections:
         results["training"] = bench_training(args.quick)
-    print(json.dumps(results, indent=2))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -46,3 +46,26 @@ def test_experiment_trains_continues_and_evaluates(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "results" / "tiny-256.json").read_text())
     assert saved["table"]["tiny"]["evaluate_test"]["runs"] == [run["evaluate"]["test"]]
     assert (tmp_path / "results" / "tiny-256.png").stat().st_size > 0
+
+
+def test_reused_runs_are_cut_at_the_budget_and_never_rerun(tmp_path, monkeypatch):
+    monkeypatch.setattr(learning, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
+    monkeypatch.setitem(learning.EXPERIMENTS, "tiny", {"metric": "return_last_100", "systems": [
+        learning.System("tiny", TINY), learning.System("other", TINY)]})  # fmt: skip
+    curve = [[64, 1.0], [128, 2.0], [192, 3.0], [256, 4.0]]
+    committed = tmp_path / "tiny-256.json"
+    committed.write_text(json.dumps({"runs": [
+        {"system": "tiny", "seed": 3, "steps": 256, "sps": 50.0, "curve": curve, "final": 4.0},
+        {"system": "tiny", "seed": 4, "steps": 128, "sps": 50.0, "curve": curve[:2], "final": 2.0},  # too short
+    ]}))  # fmt: skip
+
+    def no_training(*args):
+        raise AssertionError("a reused run was trained again")
+
+    monkeypatch.setattr(learning, "run_pixelppo", no_training)
+    summary = learning.main(["tiny", "--systems", "tiny", "--seeds", "3", "--steps", "150", "--reuse", str(committed)])
+    (run,) = summary["runs"]
+    assert run["curve"] == curve[:3] and run["final"] == 3.0 and run["steps"] == 192
+    assert run["precision"] == "fp32" and run["reused_from"] == "tiny-256.json"
+    assert not (tmp_path / "logs" / "tiny" / "tiny_seed4").exists()

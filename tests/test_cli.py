@@ -15,7 +15,7 @@ import yaml
 import evaluate
 import train
 from checkpoint import save_checkpoint
-from config import config_from_args
+from config import config_from_args, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -112,6 +112,14 @@ def test_training_writes_every_output(trained_run):
     config = yaml.safe_load((logdir / "config.yaml").read_text())
     assert "wandb_key" not in config and "logdir" not in config and config["env"] == FAMILIES[family][1]
     assert "step" in proc.stdout and "sps" in proc.stdout and "Traceback" not in proc.stderr
+    # the precision auto chose on this machine, wherever a run is read back
+    used = resolve_precision("auto", torch.device("cpu"))
+    assert config["precision"] == "auto" and f"# precision {used} (auto" in (logdir / "config.yaml").read_text()
+    start = next(line for line in proc.stdout.splitlines() if line.startswith("pixelppo:"))
+    assert f"precision {used} (auto" in start
+    assert json.loads((logdir / "summary.json").read_text())["precision_used"] == used
+    assert torch.load(logdir / "last.pth", weights_only=True)["precision_used"] == used
+    assert b'precision_used\x82\x01\x06"' + used.encode() in records  # wandb's config record
 
 
 def test_evaluate_rebuilds_from_the_checkpoint_alone(trained_run, tmp_path):
@@ -222,19 +230,19 @@ def test_cli_error_from_a_real_process_has_no_traceback(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
 
 
-def test_amp_and_compile_train_and_save_plain_checkpoints(tmp_path):
-    """--amp (bf16 autocast) and --compile (torch.compile) run the whole loop; the checkpoint loads into
+def test_bf16_and_compile_train_and_save_plain_checkpoints(tmp_path):
+    """--precision bf16 (autocast) and --compile (torch.compile) run the whole loop; the checkpoint loads into
     an uncompiled float32 policy whose outputs are close to the bf16 ones."""
     logdir = tmp_path / "run_1"
     args = [*TINY, "--env", "procgen/coinrun", "--num-envs", "4", "--steps", "256", "--eval-interval", "256"]
-    summary = train.train(config_from_args([*args, "--amp", "--compile", "--logdir", str(logdir)]))
+    summary = train.train(config_from_args([*args, "--precision", "bf16", "--compile", "--logdir", str(logdir)]))
     assert summary["finished"] and math.isfinite(summary["last_eval_score"])
     payload = torch.load(logdir / "last.pth", weights_only=True)
     assert not any("_orig_mod" in key for key in payload["model"])
     policy = evaluate.load_policy(payload, torch.device("cpu"))
     obs = torch.randint(0, 255, (8, *policy.spec.obs_shape), dtype=torch.uint8)
     logits, value = policy(obs)
-    policy.amp = True
+    policy.precision = "bf16"
     logits_bf16, value_bf16 = policy(obs)
     assert logits_bf16.dtype == torch.float32
     torch.testing.assert_close(logits_bf16, logits, atol=0.05, rtol=0.05)

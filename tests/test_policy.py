@@ -124,12 +124,12 @@ def test_batchnorm_backbone_gives_ratio_one_before_the_first_step(backbone):
     assert policy.training and not policy.backbone.training
 
 
-def test_amp_keeps_the_heads_in_float32():
-    """--amp autocasts the backbone only: the heads' outputs are float32 computations, not bf16 roundings."""
+def test_bf16_keeps_the_heads_in_float32():
+    """--precision bf16 autocasts the backbone only: the heads' outputs are float32 computations, not bf16 roundings."""
     torch.manual_seed(0)
     policy = ActorCritic(PolicySpec("impala_cnn", (3, 64, 64), 3, 17, head_hidden=64, freeze_backbone=False))
     policy.value_head[-1].bias.data.fill_(20.23)  # bf16 would round it to 20.25
-    policy.amp = True
+    policy.precision = "bf16"
     obs = crafter_obs(4, k=1)
     with torch.no_grad():
         logits, value = policy(obs)

@@ -1,0 +1,87 @@
+"""--precision: auto picks bf16 only where the hardware has it, and bf16 leaves PPO's first step where fp32 does."""
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from toy_env import GridGoalVecEnv
+
+import config
+from config import Config, native_bf16, read_run_file, resolve_precision
+from train import Trainer
+
+CPU = torch.device("cpu")
+
+
+def cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to cross-check with")
+    return {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for flag in line.split()}
+
+
+def test_native_bf16_agrees_with_the_cpu_flags():
+    """PyTorch's own detection (what the code asks) against the kernel's flags (what the machine has)."""
+    assert native_bf16(CPU) == bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, native):
+    monkeypatch.setattr(config, "native_bf16", lambda device: native)
+    assert resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", CPU) == "fp32"
+
+
+def test_auto_is_fp32_on_gpus(monkeypatch):
+    """On a GPU fp32 runs on TF32 tensor cores and bf16 measured slower (H200): auto keeps fp32 there."""
+    monkeypatch.setattr(config, "native_bf16", lambda device: True)
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+
+
+def test_bf16_on_gpus_needs_compute_capability_8(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert not native_bf16(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert native_bf16(torch.device("cuda"))
+
+
+def test_explicit_bf16_without_hardware_support_warns_in_one_line(monkeypatch):
+    monkeypatch.setattr(config, "native_bf16", lambda device: False)
+    with pytest.warns(UserWarning) as caught:
+        assert resolve_precision("bf16", CPU) == "bf16"
+    assert len(caught) == 1 and "\n" not in str(caught[0].message) and "emulated" in str(caught[0].message)
+    monkeypatch.setattr(config, "native_bf16", lambda device: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_precision("bf16", CPU) == "bf16"
+
+
+def test_runs_and_checkpoints_of_older_versions_read_amp_as_precision(tmp_path):
+    run_file = tmp_path / "config.yaml"
+    run_file.write_text("env: crafter\namp: true\n")
+    assert read_run_file(run_file) == {"env": "crafter", "precision": "bf16"}
+    saved = Config().public_dict()
+    del saved["precision"]
+    assert Config.from_checkpoint(saved | {"amp": False}, "old.pth").precision == "fp32"
+
+
+def test_first_minibatch_starts_at_ratio_one_in_the_precision_auto_picks(tmp_path):
+    """The rollout and the update run the backbone under the same autocast, so before the first gradient step
+    the update sees the rollout's log-probabilities: approx KL ~ 0 and nothing clipped. Rollout in bf16 and
+    update in fp32 gave approx KL 2.4e-4 here. On a CPU without native bf16, auto is fp32 and this checks that."""
+    cfg = Config(
+        backbone="impala_cnn", pretrained=False, freeze_backbone=False, head_hidden=0, num_envs=8, num_steps=32,
+        num_minibatches=1, update_epochs=1, steps=256, eval_interval=256, wandb_mode="disabled",
+        eval_video=False, precision="auto", logdir=str(tmp_path / "run"),
+    )  # fmt: skip
+    trainer = Trainer(cfg, envs=GridGoalVecEnv(8, scale=8), eval_envs=GridGoalVecEnv(2, scale=8))
+    assert trainer.policy.precision == resolve_precision("auto", CPU)
+    torch.nn.init.orthogonal_(trainer.policy.policy_head.weight, gain=5.0)  # confident, as a trained policy is
+    try:
+        assert trainer.train_one_update()
+    finally:
+        trainer.close()
+    stats = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert abs(stats["losses/approx_kl"]) < 1e-6 and stats["losses/clipfrac"] == 0.0, stats
