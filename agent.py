@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -98,6 +100,24 @@ class PPO:
         self.optimizer = torch.optim.Adam(self.params, lr=hp.lr, eps=hp.adam_eps)
         self.generator = torch.Generator().manual_seed(seed)
 
+    def state(self) -> dict:
+        """What an update changes (trained parameters, buffers such as value statistics, optimizer, minibatch
+        RNG), copied: `load_state` puts it back."""
+        return {
+            "params": [p.detach().clone() for p in self.params],
+            "buffers": [b.clone() for b in self.policy.buffers()],
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        targets = [*self.params, *self.policy.buffers()]
+        with torch.no_grad():
+            for target, saved in zip(targets, state["params"] + state["buffers"], strict=True):
+                target.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -108,9 +128,11 @@ class PPO:
             return inputs
         return self.policy.features(augment(inputs, self.hp.augment, self.generator))
 
-    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
+    def update(self, buffer: RolloutBuffer, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
         """-> mean of each loss piece over the applied minibatches, plus grad norm, explained variance and
-        how many minibatches were skipped for a non-finite loss or gradient (they never touch the weights)."""
+        how many minibatches were skipped for a non-finite loss or gradient (they never touch the weights);
+        None when `should_stop()` (asked before every minibatch) cut the update short. Under torchrun every
+        decision that changes what runs next (skips, the KL early stop, stopping) is the same on all ranks."""
         self.policy.train()
         if self.hp.adv_norm == "batch":
             buffer.normalize_advantages()
@@ -121,6 +143,8 @@ class PPO:
             epochs += 1
             epoch_kl = []
             for mb in buffer.minibatches(self.hp.num_minibatches, self.generator):
+                if should_stop():
+                    return None
                 features = self.minibatch_features(mb.inputs)
                 new_logprob, entropy, new_value = self.policy.evaluate_actions(
                     features, mb.actions, mb.initial_state, mb.starts
@@ -134,9 +158,9 @@ class PPO:
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                self.ranks.average_gradients(self.params)
+                any_bad_loss = self.ranks.average_gradients(self.params, ~torch.isfinite(loss.detach()))
                 grad_norm = nn.utils.clip_grad_norm_(self.params, self.hp.max_grad_norm)
-                if not torch.isfinite(loss + grad_norm):  # the one host-device sync per minibatch
+                if any_bad_loss | ~torch.isfinite(grad_norm):  # the one host-device sync per minibatch
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
                     continue
@@ -145,9 +169,15 @@ class PPO:
                     sums[k] = sums.get(k, 0.0) + v
                 epoch_kl.append(pieces["approx_kl"])
                 applied += 1
-            if self.hp.target_kl is not None and epoch_kl and torch.stack(epoch_kl).mean() > self.hp.target_kl:
+            if self.hp.target_kl is not None and self.mean_kl(epoch_kl) > self.hp.target_kl:
                 break  # early stop: the policy moved too far from the rollout policy
         stats = {k: float(v) / max(applied, 1) for k, v in sums.items()}
         stats |= {"epochs": epochs, "minibatches": applied + skipped, "skipped_minibatches": skipped}
         stats["explained_variance"] = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
         return stats
+
+    def mean_kl(self, epoch_kl: list[torch.Tensor]) -> float:
+        """The epoch's mean approx KL over every rank's minibatches: one early-stop decision for all ranks."""
+        device = self.params[0].device
+        kl = torch.stack(epoch_kl).mean() if epoch_kl else torch.zeros((), device=device)
+        return float(self.ranks.mean(kl))

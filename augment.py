@@ -14,7 +14,10 @@ AUGMENTATIONS = ("none", "shift", "crop")
 
 def random_offsets(batch: int, high: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, cols) offsets in [0, high] per sample."""
-    offsets = torch.randint(0, high + 1, (2, batch), generator=generator).to(device)
+    offsets = torch.randint(0, high + 1, (2, batch), generator=generator)
+    if torch.device(device).type == "cuda":  # a pinned copy does not make the host wait for the GPU
+        offsets = offsets.pin_memory()
+    offsets = offsets.to(device, non_blocking=True)
     return offsets[0], offsets[1]
 
 

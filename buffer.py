@@ -58,14 +58,21 @@ class StackedFrames:
         self.padding[t] = torch.where(continues, (previous_padding - 1).clamp(min=0), self.k - 1)
         self.frames[t + self.k - 1] = frames[:, -1]
 
-    def gather(self, index: torch.Tensor) -> torch.Tensor:
-        """Flat (t * N + n) indices (B,) -> their stacks (B, K*C, H, W)."""
+    def check(self) -> None:
+        """Once per rollout (a host-device sync): every stack continued the previous one or started zero padded."""
         if self.malformed:
             raise ValueError("frame stacks must continue the previous step's or start an episode zero padded")
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """Flat (t * N + n) indices (B,) -> their stacks (B, K*C, H, W)."""
         t, n = index // self.num_envs, index % self.num_envs
         stacks = self.frames[t[:, None] + self.slot, n[:, None]]  # (B, K, C, H, W)
-        stacks[self.slot[None, :] < self.padding[t, n][:, None]] = 0
+        padded = self.slot[None, :] < self.padding[t, n][:, None]  # (B, K) leading zero frames
+        stacks.masked_fill_(padded[:, :, None, None, None], 0)  # no boolean indexing: no sync on a GPU
         return stacks.reshape(len(index), -1, *stacks.shape[3:])
+
+
+ROLLOUT_FIELDS = ("actions", "logprobs", "values", "rewards", "dones", "bootstrap", "starts")
 
 
 class RolloutBuffer:
@@ -144,8 +151,27 @@ class RolloutBuffer:
         if starts is not None:
             self.starts[t] = starts
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The collected rollout as CPU tensors, for a checkpoint written between collecting and learning
+        (advantages and returns are not kept: GAE recomputes them)."""
+        if isinstance(self.inputs, StackedFrames):
+            inputs = {"frames": self.inputs.frames, "padding": self.inputs.padding, "malformed": self.inputs.malformed}
+        else:
+            inputs = {"inputs": self.inputs}
+        fields = {name: getattr(self, name) for name in ROLLOUT_FIELDS} | inputs
+        if self.initial_state is not None:
+            fields["initial_state"] = self.initial_state
+        return {name: value.cpu() for name, value in fields.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            owner = self.inputs if name in ("frames", "padding", "malformed") else self
+            getattr(owner, name).copy_(value)
+
     def compute_advantages(self, last_values: torch.Tensor, gamma: float, gae_lambda: float) -> None:
         """GAE(lambda) advantages and returns; `last_values` (N,) is V(obs after the last step)."""
+        if isinstance(self.inputs, StackedFrames):
+            self.inputs.check()
         next_value = last_values
         last_gae = torch.zeros_like(last_values)
         for t in reversed(range(self.num_steps)):

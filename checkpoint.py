@@ -90,25 +90,30 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 # ------------------------------------------------------------------------- state inside checkpoints
 
 
-def rng_state(minibatch_generator: torch.Generator) -> dict:
-    """Every random number stream of a training process, for an exact resume."""
+def rng_state(minibatch_generator: torch.Generator, device: torch.device) -> dict:
+    """Every random number stream of a training process, for an exact resume; on CUDA only the stream of the
+    GPU in use (a resume may see fewer GPUs than the run that saved)."""
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "minibatches": minibatch_generator.get_state(),
     }
 
 
-def set_rng_state(state: dict, minibatch_generator: torch.Generator) -> None:
+def set_rng_state(state: dict, minibatch_generator: torch.Generator, device: torch.device) -> None:
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
     np_state = state["numpy"]
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if isinstance(cuda, list):  # checkpoints of older versions: the stream of every visible GPU
+        index = device.index or 0
+        cuda = cuda[index] if device.type == "cuda" and index < len(cuda) else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     minibatch_generator.set_state(state["minibatches"])
 
 

@@ -17,6 +17,12 @@ import torch.distributed as dist
 from errors import UsageError
 
 
+def backend(device: torch.device) -> str:
+    """The process group's backends: gloo for CPU tensors always (stop and save flags, reward statistics, object
+    gathers), NCCL for CUDA tensors (gradients, value statistics) when training on GPUs."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 class Ranks:
     """This process's place in the job: rank, world size, local rank; and the collectives of the loop."""
 
@@ -34,14 +40,13 @@ class Ranks:
         return self.world > 1
 
     def start(self, device: torch.device, timeout_minutes: float) -> None:
-        """Join the process group: NCCL on CUDA (one GPU per local rank), gloo on the CPU. A rank that waits
-        longer than the timeout for the others fails instead of hanging."""
+        """Join the process group (see `backend`). A rank that waits longer than the timeout for the others fails
+        instead of hanging."""
         if not self.active or dist.is_initialized():
             return
-        backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+        dist.init_process_group(backend(device), timeout=timedelta(minutes=timeout_minutes))
 
     def device(self, device: torch.device) -> torch.device:
         """One GPU per local rank."""
@@ -57,18 +62,21 @@ class Ranks:
 
     # ---------------------------------------------------------------------------------- collectives
 
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Gradients -> their mean over ranks, as one flat all-reduce."""
+    def average_gradients(self, params: list[torch.nn.Parameter], bad_loss: torch.Tensor) -> torch.Tensor:
+        """Gradients -> their mean over ranks, as one flat all-reduce that also carries each rank's `bad_loss`
+        flag (a bool tensor: this rank's loss is not finite); -> whether any rank's loss was not finite, so that
+        every rank skips the same minibatches."""
         if not self.active:
-            return
+            return bad_loss
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([g.reshape(-1) for g in grads] + [bad_loss.float().reshape(1)])
         dist.all_reduce(flat)
         flat /= self.world
         offset = 0
         for p, g in zip(params, grads, strict=True):
             p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
             offset += g.numel()
+        return flat[-1] > 0
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on one (stop requests, save requests)."""
@@ -77,6 +85,15 @@ class Ranks:
         t = torch.tensor([float(flag)])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
+
+    def beat(self, done: bool, stop: bool) -> tuple[bool, bool]:
+        """One heartbeat while rank 0 works alone (evaluation) and the others wait: -> whether any rank is done,
+        whether any rank was asked to stop. Each beat is short, so no wait comes near the group's timeout."""
+        if not self.active:
+            return done, stop
+        t = torch.tensor([float(done), float(stop)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t[0]), bool(t[1])
 
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Element-wise sum over ranks of a small float64 array."""

@@ -88,6 +88,13 @@ class EnvSpec:
         return self.family if self.family == "crafter" else f"{self.family}/{self.game}"
 
 
+def cpus_per_process() -> int:
+    """The CPU cores this process may use (its affinity mask, as SLURM and containers set it), shared with the
+    other processes torchrun started on this machine."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, usable // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def parse_env_id(env_id: str) -> EnvSpec:
     """`crafter`, `procgen/<game>`, `atari/<Game>` or a gymnasium id like `ALE/Breakout-v5`."""
     text = env_id.strip()
@@ -387,7 +394,7 @@ class CrafterVecEnv(VecEnv):
     ):
         self.num_envs, self.seed, self.env_fn, self.max_crashes = num_envs, seed, env_fn, max_crashes
         self.obs_shape = (3 * history_length, 64, 64)
-        workers = max(1, min(num_envs, num_workers or os.cpu_count() or 1))
+        workers = max(1, min(num_envs, num_workers or cpus_per_process()))
         self.slices = list(np.array_split(np.arange(num_envs), workers))
         self.ctx = mp.get_context("spawn")  # no inherited torch threads or locks in the workers
         self.conns: list = [None] * workers
@@ -535,7 +542,7 @@ class ProcgenVecEnv(VecEnv):
             start_level=start_level,
             distribution_mode=distribution_mode,
             rand_seed=seed,
-            num_threads=min(4, os.cpu_count() or 1),
+            num_threads=min(4, cpus_per_process()),
         )
         self.num_envs = num_envs
         self.obs_shape = (3 * history_length, 64, 64)
@@ -612,7 +619,7 @@ class AtariVecEnv(VecEnv):
         self.env = AtariVectorEnv(
             game,
             num_envs,
-            num_threads=min(num_envs, os.cpu_count() or 1),
+            num_threads=min(num_envs, cpus_per_process()),
             autoreset_mode="SameStep",
             img_height=84,
             img_width=84,

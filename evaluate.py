@@ -337,7 +337,7 @@ def progress_bar(total: int, desc: str):
 
 def evaluate_checkpoint(path: Path, args: argparse.Namespace, device: torch.device, out: Path, viewer) -> list[dict]:
     """Score one checkpoint on each of its level sets; -> one row per set."""
-    payload = load_checkpoint(path, map_location=device)
+    payload = load_checkpoint(path)  # on the host: only the policy's weights go to the device
     cfg = Config.from_checkpoint(payload["config"], str(path))
     policy = load_policy(payload, device)
     policy.precision = resolve_precision(cfg.precision, device)  # the run's arithmetic, as it resolves here

@@ -441,6 +441,12 @@ class RecurrentCore(nn.Module):
         return out, torch.cat([h[0], c[0]], dim=-1)
 
 
+def gumbel_max_sample(logits: torch.Tensor) -> torch.Tensor:
+    """One draw from Categorical(logits) per row (B, A) -> (B,) without host-device syncs (torch.multinomial
+    checks its input with two): argmax(logits + Gumbel noise), the noise being -log of Exp(1) draws."""
+    return (logits - torch.empty_like(logits).exponential_().log()).argmax(-1)
+
+
 class Act(NamedTuple):
     action: torch.Tensor  # (B,)
     logprob: torch.Tensor  # (B,)
@@ -568,6 +574,8 @@ class ActorCritic(nn.Module):
             action = logits.argmax(-1)
         elif generator is not None:
             action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
+        elif logits.device.type == "cuda":
+            action = gumbel_max_sample(logits)
         else:
             action = dist.sample()
         return Act(action, dist.log_prob(action), self.to_reward_units(value), features, state)

@@ -49,7 +49,7 @@ class HostToDevice:
         pinned.numpy()[...] = array
         tensor = pinned.to(self.device, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))  # the copy's stream, whichever GPU is current
         self.slots[key] = (pinned, event)
         return tensor
 

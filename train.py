@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -45,7 +44,7 @@ from config import (
     write_run_file,
 )
 from distributed import Ranks
-from env import EnvCrashError, VecEnv, make_vec_env
+from env import EnvCrashError, VecEnv, cpus_per_process, make_vec_env
 from errors import UsageError
 from evaluate import EvalResult, EvalStats, eval_row, make_eval_env, run_episodes, selection_score
 from policy import ActorCritic, PolicySpec
@@ -152,7 +151,7 @@ class Trainer:
 
         self.envs = envs or make_train_env(cfg, self.ranks.rank)
         # evaluation only runs between updates: a quarter of the cores' worker processes (~100 MB each) do
-        eval_workers = max(1, (os.cpu_count() or 1) // 4)
+        eval_workers = max(1, cpus_per_process() // 4)
         self.eval_envs = (
             None
             if not main
@@ -183,7 +182,8 @@ class Trainer:
                     stacklevel=2,
                 )
             self.policy.cache_features = False
-        self.ppo = PPO(self.policy, cfg, seed=cfg.seed, ranks=self.ranks)
+        # each rank draws its own minibatch orders and augmentation offsets (rank 0: those of one process)
+        self.ppo = PPO(self.policy, cfg, seed=cfg.seed + self.ranks.rank, ranks=self.ranks)
         self.buffer = make_buffer(cfg, self.policy, self.envs, self.device)
         self.to_device = HostToDevice(self.device)
         reduce = self.ranks.sum if self.ranks.active else None  # every rank normalizes with all envs' statistics
@@ -194,6 +194,7 @@ class Trainer:
         self.global_batch = cfg.batch_size * self.ranks.world  # steps of one update, all ranks together
         self.num_updates = max(1, math.ceil(cfg.steps / self.global_batch))
         self.global_step = self.update = self.bad_updates = self.evaluations = 0
+        self.pending_update = False  # a rollout is collected and its update was cut short by a stop signal
         self.best_score, self.last_score = -math.inf, None
         self.next_eval = cfg.eval_interval
         self.timing = {"env": 0.0, "inference": 0.0, "update": 0.0}
@@ -216,11 +217,12 @@ class Trainer:
         env_state = self.envs.get_state() if with_env_state else None
         state = None if self.memory.state is None else self.memory.state.cpu()
         return {
-            "rng": rng_state(self.ppo.generator),
+            "rng": rng_state(self.ppo.generator, self.device),
             "reward_scaler": self.scaler.state_dict(),
             "obs": torch.from_numpy(self.obs.copy()),
             "memory": {"state": state, "starts": self.memory.starts.cpu()},
             "env_state": to_tensors(env_state),
+            "pending_rollout": self.buffer.state_dict() if self.pending_update else None,  # stopped mid-update
         }
 
     def checkpoint_payload(self, ranks: list[dict]) -> dict:
@@ -282,9 +284,12 @@ class Trainer:
         self.next_eval, self.bad_updates = state["next_eval"], state["bad_updates"]
         self.evaluations = state["evaluations"]
         self.timing, self.elapsed_before = dict(state["timing"]), state["elapsed"]
-        set_rng_state(mine["rng"], self.ppo.generator)
+        set_rng_state(mine["rng"], self.ppo.generator, self.device)
         self.scaler.load_state_dict(mine["reward_scaler"])
         self.episodes.load_state_dict(state["episodes"])
+        self.pending_update = mine.get("pending_rollout") is not None
+        if self.pending_update:
+            self.buffer.load_state_dict(mine["pending_rollout"])
         memory = mine["memory"]["state"]
         self.memory = Memory(
             None if memory is None else memory.to(self.device), mine["memory"]["starts"].to(self.device)
@@ -317,7 +322,7 @@ class Trainer:
         try:
             with self.stop:
                 while self.update < self.num_updates:
-                    if not self.train_one_update():
+                    if not (self.learn([]) if self.pending_update else self.train_one_update()):
                         stop_reason = self.signal_name()
                         break
                     self.maybe_evaluate()
@@ -361,10 +366,9 @@ class Trainer:
         return next(name for name in self.ranks.gather(self.stop.received) if name)
 
     def train_one_update(self) -> bool:
-        """Collect one rollout and run PPO on it; False when a stop signal cut the rollout (it is dropped)."""
+        """Collect one rollout and learn from it; False when a stop signal cut the rollout (it is dropped) or the
+        update (see `learn`)."""
         cfg = self.cfg
-        lr = scheduled_lr(cfg, self.update / self.num_updates)
-        self.ppo.set_lr(lr)
         self.obs, self.memory, finished, complete = collect_rollout(
             self.envs,
             self.policy,
@@ -381,16 +385,27 @@ class Trainer:
         )
         finished = [episode for rank in self.ranks.gather(finished) for episode in rank]  # every rank's episodes
         self.episodes.add(finished)
-        if not complete:
-            return False
+        return complete and self.learn(finished)
 
+    def learn(self, finished: list) -> bool:
+        """GAE and the PPO update on the collected rollout, then log. A stop signal between two minibatches puts
+        the weights, optimizer and minibatch RNG back as they were before this update and keeps the rollout for
+        the checkpoint, so that `--resume` repeats the update exactly; -> False then."""
+        cfg = self.cfg
+        lr = scheduled_lr(cfg, self.update / self.num_updates)
+        self.ppo.set_lr(lr)
         self.show_progress("updating", self.global_step + self.global_batch)
         tic = time.perf_counter()
+        before = self.ppo.state()
         with torch.inference_mode():
             last_values = self.policy.value(self.to_device(self.obs), self.memory.state, self.memory.starts)
         self.buffer.compute_advantages(last_values, cfg.gamma, cfg.gae_lambda)
-        stats = self.ppo.update(self.buffer)
+        stats = self.ppo.update(self.buffer, should_stop=self.stopping)
         self.timing["update"] += time.perf_counter() - tic
+        self.pending_update = stats is None
+        if self.pending_update:
+            self.ppo.load_state(before)
+            return False
         self.global_step += self.global_batch
         self.update += 1
         self.check_finite(stats)
@@ -435,7 +450,13 @@ class Trainer:
             return
         self.show_progress("evaluating", force=True)
         record = cfg.eval_video and self.evaluations % cfg.video_every == 0
-        result = self.play_evaluation(record) if self.ranks.is_main else None
+        result = None
+        if self.ranks.is_main:
+            result = self.play_evaluation(record)
+            self.ranks.beat(done=True, stop=False)
+        else:  # beat with rank 0 at each of its evaluation steps until it is done, however long that takes
+            while not self.ranks.beat(done=False, stop=self.stop())[0]:
+                pass
         row = None if result is None else eval_row(result, cfg, self.global_step, self.eval_set_name())
         score = self.ranks.broadcast(None if row is None else selection_score(row))
         if score is None:
@@ -464,7 +485,7 @@ class Trainer:
             self.device,
             seed=self.cfg.seed,
             video_frames=self.cfg.video_frames if record else 0,
-            should_stop=self.stop,
+            should_stop=lambda: self.ranks.beat(done=False, stop=self.stop())[1],  # a signal to any rank stops it
         )
         return result if result.complete else None
 

@@ -119,6 +119,7 @@ def stacks_round_trip(stacks: np.ndarray, frame_channels: int) -> tuple[torch.Te
     store = StackedFrames(T, N, stacks.shape[2:], frame_channels, torch.device("cpu"))
     for t in range(T):
         store.add(t, torch.as_tensor(stacks[t]))
+    store.check()  # as RolloutBuffer.compute_advantages does once per rollout
     index = torch.randperm(T * N)
     expected = torch.as_tensor(stacks).reshape(T * N, *stacks.shape[2:])[index]
     return store.gather(index), expected

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import checkpoint
 from checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 
 PAYLOAD = {"config": {"env": "crafter"}, "policy_spec": {}, "model": {"w": torch.ones(2)}, "global_step": 5}
@@ -50,3 +51,23 @@ def test_bad_checkpoints_raise_one_clear_error(tmp_path, case):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value)
+
+
+def test_rng_state_keeps_the_stream_of_the_gpu_in_use_only(monkeypatch):
+    """Saving every visible GPU's stream made a resume with fewer GPUs visible fail."""
+    saved_from, restored = [], []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved_from.append(device) or torch.ones(1))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state[0]), device)))
+    generator = torch.Generator()
+    state = checkpoint.rng_state(generator, torch.device("cuda", 1))
+    assert saved_from == [torch.device("cuda", 1)]
+    checkpoint.set_rng_state(state, generator, torch.device("cuda", 0))  # resumed where one GPU is visible
+    assert restored == [(1, torch.device("cuda", 0))]
+    older = state | {"cuda": [torch.full((1,), 5), torch.full((1,), 6)]}  # every visible GPU's, as before
+    restored.clear()
+    checkpoint.set_rng_state(older, generator, torch.device("cuda", 1))
+    assert restored == [(6, torch.device("cuda", 1))]
+    restored.clear()
+    checkpoint.set_rng_state(older | {"cuda": older["cuda"][:1]}, generator, torch.device("cuda", 1))
+    assert restored == []  # that GPU's stream was never saved: left as it is
+    assert checkpoint.rng_state(generator, torch.device("cpu"))["cuda"] is None

@@ -7,10 +7,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
+from toy_env import GridGoalVecEnv
 
+import agent
 import checkpoint
+import distributed
 from agent import PPO
 from buffer import RolloutBuffer
 from config import Config
@@ -32,8 +37,8 @@ def global_rollout() -> dict:
     }
 
 
-def updated_policy(envs: slice, ranks: Ranks | None = None) -> ActorCritic:
-    """One PPO update on the rollout's `envs`, from the same initial policy."""
+def updated_policy(envs: slice, ranks: Ranks | None = None, **settings) -> tuple[ActorCritic, dict]:
+    """One PPO update on the rollout's `envs`, from the same initial policy; -> the policy and the update's stats."""
     torch.manual_seed(0)
     policy = ActorCritic(PolicySpec("impala_cnn", SHAPE, 3, 5, 16, freeze_backbone=False))
     data = {k: v[:, envs] for k, v in global_rollout().items()}
@@ -45,8 +50,8 @@ def updated_policy(envs: slice, ranks: Ranks | None = None) -> ActorCritic:
         flat = data["obs"].flatten(0, 1)
         logprob, _, value = policy.evaluate_actions(policy.features(flat), data["actions"].flatten())
     buffer.logprobs, buffer.values = logprob.view(T, n), value.view(T, n)
-    PPO(policy, Config(**CFG), seed=1, ranks=ranks).update(buffer)
-    return policy
+    stats = PPO(policy, Config(**(CFG | settings)), seed=1, ranks=ranks).update(buffer)
+    return policy, stats
 
 
 def rank_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -54,7 +59,7 @@ def rank_worker(rank: int, world: int, port: int, out: str) -> None:
     ranks = Ranks()
     ranks.start(torch.device("cpu"), timeout_minutes=2)
     per_rank = N // world
-    policy = updated_policy(slice(rank * per_rank, (rank + 1) * per_rank), ranks)
+    policy, _ = updated_policy(slice(rank * per_rank, (rank + 1) * per_rank), ranks)
     torch.save(policy.state_dict(), Path(out) / f"rank{rank}.pt")
     ranks.close()
 
@@ -72,12 +77,101 @@ def test_two_ranks_train_what_one_process_trains_on_the_whole_batch(tmp_path):
     tolerance: the sums run in another order); the ranks' parameters are bitwise identical."""
     mp.start_processes(rank_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    single = updated_policy(slice(0, N)).state_dict()
+    single = updated_policy(slice(0, N))[0].state_dict()
     for key in single:
         assert torch.equal(rank0[key], rank1[key]), key
         torch.testing.assert_close(rank0[key], single[key], atol=2e-5, rtol=1e-4, msg=key)
     initial = ActorCritic(PolicySpec("impala_cnn", SHAPE, 3, 5, 16, freeze_backbone=False)).state_dict()
     assert any(not torch.equal(initial[k], single[k]) for k in single)  # the update did move the weights
+
+
+def join(rank: int, world: int, port: int, timeout_minutes: float = 2) -> Ranks:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    ranks = Ranks()
+    ranks.start(torch.device("cpu"), timeout_minutes)
+    return ranks
+
+
+def diverging_worker(rank: int, world: int, port: int, out: str, case: str) -> None:
+    """One update in which the ranks' own minibatches would decide differently: `kl`, rank 0's approx KL is far
+    above --target-kl and rank 1's is 0; `skip`, rank 1's first loss is NaN (its gradients are finite)."""
+    ranks = join(rank, world, port, timeout_minutes=0.2)  # a rank left waiting fails within 12 s
+    ppo_loss, calls = agent.ppo_loss, []
+
+    def diverging_loss(*args):
+        loss, pieces = ppo_loss(*args)
+        calls.append(1)
+        if case == "kl":
+            pieces["approx_kl"] = torch.tensor(1.0 if rank == 0 else 0.0)
+        if case == "skip" and rank == 1 and len(calls) == 1:
+            loss = loss + torch.tensor(float("nan"))
+        return loss, pieces
+
+    agent.ppo_loss = diverging_loss
+    per_rank = N // world
+    settings = {"target_kl": 0.4, "update_epochs": 3} if case == "kl" else {}
+    policy, stats = updated_policy(slice(rank * per_rank, (rank + 1) * per_rank), ranks, **settings)
+    torch.save({"model": policy.state_dict(), "stats": stats}, Path(out) / f"rank{rank}.pt")
+    ranks.close()
+
+
+@pytest.mark.parametrize("case", ["kl", "skip"])
+def test_ranks_decide_early_stops_and_skips_together(case, tmp_path):
+    """--target-kl with 2 ranks used to hang (rank 0 stopped after one epoch, rank 1 went on) and a NaN loss on
+    one rank skipped the minibatch there only: the ranks' weights parted. Both decisions are now global."""
+    mp.start_processes(diverging_worker, args=(2, free_port(), str(tmp_path), case), nprocs=2, start_method="spawn")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key in rank0["model"]:
+        assert torch.equal(rank0["model"][key], rank1["model"][key]), key
+    assert rank0["stats"]["epochs"] == rank1["stats"]["epochs"] == (1 if case == "kl" else 2)
+    assert rank0["stats"]["skipped_minibatches"] == rank1["stats"]["skipped_minibatches"] == int(case == "skip")
+
+
+class SlowGrid(GridGoalVecEnv):
+    """The grid game at 0.25 s a step: 4 episodes of 24 steps on 2 envs take 12 s, twice the group's timeout."""
+
+    def step(self, actions):
+        time.sleep(0.25)
+        return super().step(actions)
+
+
+def trainer_worker(rank: int, world: int, port: int, out: str) -> None:
+    """A Trainer on each of 2 ranks, in a group made the way the CUDA path makes it (devices mapped to backends:
+    "cpu:gloo" here, as NCCL needs a GPU): its minibatch order, then an evaluation twice as long as the timeout."""
+    distributed.backend = lambda device: "cpu:gloo"
+    join(rank, world, port, timeout_minutes=0.1)  # 6 s
+    cfg = Config(
+        backbone="impala_cnn", pretrained=False, freeze_backbone=False, head_hidden=0, num_envs=2, num_steps=8,
+        num_minibatches=1, update_epochs=1, steps=64, eval_interval=16, eval_episodes=4, eval_envs=2,
+        eval_video=False, wandb_mode="disabled", dist_timeout=0.1, seed=5, logdir=str(Path(out) / "run_1"),
+    )  # fmt: skip
+    import train
+
+    trainer = train.Trainer(cfg, envs=GridGoalVecEnv(2, seed=rank), eval_envs=SlowGrid(2, limit=24, reachable=False))
+    order = torch.randperm(16, generator=trainer.ppo.generator)
+    assert trainer.train_one_update()
+    start = time.time()
+    trainer.maybe_evaluate()
+    took = time.time() - start
+    torch.save({"order": order, "best": trainer.best_score, "took": took}, Path(out) / f"rank{rank}.pt")
+    trainer.close()
+    trainer.ranks.close()
+
+
+def test_ranks_draw_their_own_minibatches_and_wait_out_a_long_evaluation(tmp_path):
+    mp.start_processes(trainer_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(rank0["order"], rank1["order"])  # each rank shuffles its own rollout its own way
+    assert torch.equal(rank0["order"], torch.randperm(16, generator=torch.Generator().manual_seed(5)))  # = 1 process
+    assert rank0["took"] > 10 and rank1["took"] > 10  # longer than the 6 s timeout, and nobody timed out
+    assert rank0["best"] == rank1["best"] and np.isfinite(rank0["best"])
+
+
+def test_process_group_serves_cpu_collectives_on_gpus_too():
+    """On CUDA the loop's flags, reward statistics and object gathers stay CPU tensors: the group must have a
+    CPU backend beside NCCL (an NCCL-only group failed at the first env step)."""
+    assert distributed.backend(torch.device("cuda", 0)) == "cpu:gloo,cuda:nccl"
+    assert distributed.backend(torch.device("cpu")) == "gloo"
 
 
 TINY = ["--env", "procgen/bigfish", "--backbone", "nature_cnn", "--no-pretrained", "--no-freeze-backbone",

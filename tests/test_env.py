@@ -1,10 +1,12 @@
 """Frame stacking order and episode boundaries for every family, with the real games."""
 
+import os
+
 import numpy as np
 import pytest
 
 from config import Config
-from env import FrameStack, make_vec_env, parse_env_id
+from env import FrameStack, cpus_per_process, make_vec_env, parse_env_id
 from errors import UsageError
 
 
@@ -146,3 +148,14 @@ def test_every_atari_life_starts_with_fire():
         for _ in range(2000):
             games += envs.step(rng.choice([0, 2, 3], 2)).episodes  # NOOP, RIGHT, LEFT: never FIRE
     assert len(games) >= 4
+
+
+def test_env_workers_share_the_cores_this_process_may_use(monkeypatch):
+    """Under torchrun every rank used to start one worker per core of the machine."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cpus_per_process() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert cpus_per_process() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert cpus_per_process() == 8

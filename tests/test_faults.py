@@ -276,3 +276,35 @@ def test_unreachable_wandb_falls_back_to_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wandb server unreachable" in proc.stderr and proc.stderr.count("warning: wandb") == 1
     assert list((logdir / "wandb").glob("offline-run-*"))
+
+
+def test_a_signal_during_an_update_stops_at_the_next_minibatch_and_resumes_exactly(tmp_path):
+    """A long update (here seconds: 40 epochs of a tiny rollout) used to run to its end before the stop; now the
+    run stops at the next minibatch, saves the weights of before the update with the rollout, and --resume
+    repeats that update: the weights come out as in a run never stopped."""
+    args = [*TINY, *PROCGEN, "--num-steps", "8", "--update-epochs", "40", "--num-minibatches", "4",
+            "--steps", "64", "--eval-interval", "100000", "--no-eval-video"]  # fmt: skip
+    full = tmp_path / "full_1"
+    assert run_train(*args, "--logdir", str(full)).returncode == 0
+    update_seconds = json.loads((full / "summary.json").read_text())["time_split_seconds"]["update"] / 2
+
+    logdir = tmp_path / "run_1"
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(train_cmd(*args, "--logdir", str(logdir)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("pixelppo:"):
+            break  # training starts: a rollout of 32 steps, then the first update
+    time.sleep(min(2.0, update_seconds / 4))
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "stopped (SIGINT) at step 0" in out, err[-2000:]
+    saved_after = (logdir / "last.pth").stat().st_mtime - sent
+    assert saved_after < update_seconds / 3, (update_seconds, saved_after)  # not at the update's end
+    saved = checkpoint.load_checkpoint(logdir / "last.pth")
+    assert saved["global_step"] == 0 and saved["resume"]["ranks"][0]["pending_rollout"] is not None
+
+    resumed = run_train("--resume", str(logdir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_weights(full / "last.pth", logdir / "last.pth")
