@@ -7,7 +7,9 @@ bench/results/<experiment>-<steps>.json (the table: final metric per run, mean a
 bench/results/<experiment>-<steps>.png (the curves), e.g. atari-breakout-300k.json. Runs already finished are
 read back, not run again; a stopped pixelppo run is continued with --resume, so an experiment can be spread over
 several sessions. `--reuse bench/results/FILE.json` takes finished runs from a committed results file instead of
-running them again (cut at --steps): on the CPU the same command reproduces a run's curve exactly.
+running them again (cut at --steps): on the CPU the same command reproduces a run's curve exactly. `--partial`
+trains nothing and writes the curves of runs stopped short of --steps (SIGTERM saves them) as
+<experiment>-<steps>-partial.json, to commit a long experiment's progress at the end of a sitting.
 
 Experiments:
 - atari-breakout: `--preset atari-cleanrl` in fp32 and in bf16 (`--precision`) against CleanRL's ppo_atari.py
@@ -134,6 +136,11 @@ def run_pixelppo(system: System, seed: int, steps: int, logdir: Path, threads: s
     env = os.environ | {"OMP_NUM_THREADS": threads}
     with open(logdir.parent / f"{logdir.name}.log", "a") as log:
         subprocess.run([sys.executable, str(ROOT / "train.py"), *cmd], stdout=log, stderr=log, env=env, check=True)
+    return read_pixelppo(logdir, metric)
+
+
+def read_pixelppo(logdir: Path, metric: str) -> dict:
+    """A pixelppo run's curve and figures as its logdir has them (finished, or stopped with a summary)."""
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     key = {"return_last_100": "charts/return_last_100", "crafter_score": "crafter/score"}[metric]
     curve = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
@@ -171,11 +178,15 @@ def evaluate_sets(logdir: Path, episodes: int, threads: str) -> dict[str, float]
     return {row["set"]: row["mean_return"] for row in (rows if isinstance(rows, list) else [rows])}
 
 
-def run_one(system: System, seed: int, steps: int, folder: Path, threads: str, experiment: dict) -> dict:
+def run_one(
+    system: System, seed: int, steps: int, folder: Path, threads: str, experiment: dict, partial: bool = False
+) -> dict:
     logdir = folder / f"{system.name}_seed{seed}"
     done = logdir / "result.json"
     if done.exists() and json.loads(done.read_text())["steps"] >= steps:
         return json.loads(done.read_text())
+    if partial:  # a stopped run as it stands, to commit its curve so far
+        return {"system": system.name, "seed": seed, "partial": True} | read_pixelppo(logdir, experiment["metric"])
     print(f"running {logdir.name} for {steps:,} steps", flush=True)
     runner = run_pixelppo if system.train_args is not None else run_baseline
     result = {"system": system.name, "seed": seed} | runner(system, seed, steps, logdir, threads, experiment["metric"])
@@ -258,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--systems", nargs="*", help="only these systems (default: all of the experiment)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (each gets cores / parallel threads)")
     parser.add_argument("--reuse", type=Path, nargs="*", default=[], help="results files whose runs stand in for these")
+    parser.add_argument("--partial", action="store_true", help="write the stopped runs' curves so far, train nothing")
     args = parser.parse_args(argv)
     experiment = EXPERIMENTS[args.experiment]
     systems = [s for s in experiment["systems"] if not args.systems or s.name in args.systems]
@@ -268,10 +280,10 @@ def main(argv: list[str] | None = None) -> dict:
         reuse_runs(path, systems, args.seeds, args.steps, folder)
     jobs = [(system, seed) for seed in args.seeds for system in systems]
     with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment), jobs))
+        runs = list(pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment, args.partial), jobs))
     summary = summarize(args.experiment, runs, args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{args.experiment}-{budget_name(args.steps)}"
+    out = RESULTS / f"{args.experiment}-{budget_name(args.steps)}{'-partial' if args.partial else ''}"
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     plot(summary, out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in summary["table"].items()}, indent=1))
