@@ -253,7 +253,8 @@ def plot(summary: dict, path: Path) -> None:
         ax.text(0, value, label, fontsize=7, va="bottom")
     ax.set_xlabel("environment steps")
     ax.set_ylabel(summary["metric"].replace("_", " "))
-    ax.set_title(f"{summary['experiment']}: every seed, {summary['steps']:,} steps")
+    so_far = " (the runs so far)" if any(r.get("partial") for r in summary["runs"]) else ""
+    ax.set_title(f"{summary['experiment']}: every seed, {summary['steps']:,} steps{so_far}")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
