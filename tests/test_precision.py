@@ -70,7 +70,7 @@ def test_runs_and_checkpoints_of_older_versions_read_amp_as_precision(tmp_path):
 def test_first_minibatch_starts_at_ratio_one_in_the_precision_auto_picks(tmp_path):
     """The rollout and the update run the backbone under the same autocast, so before the first gradient step
     the update sees the rollout's log-probabilities: approx KL ~ 0 and nothing clipped. Rollout in bf16 and
-    update in fp32 gave approx KL 2.4e-4 here. On a CPU without native bf16, auto is fp32 and this checks that."""
+    update in fp32 gave approx KL 8.6e-5 here. On a CPU without native bf16, auto is fp32 and this checks that."""
     cfg = Config(
         backbone="impala_cnn", pretrained=False, freeze_backbone=False, head_hidden=0, num_envs=8, num_steps=32,
         num_minibatches=1, update_epochs=1, steps=256, eval_interval=256, wandb_mode="disabled",
@@ -84,4 +84,5 @@ def test_first_minibatch_starts_at_ratio_one_in_the_precision_auto_picks(tmp_pat
     finally:
         trainer.close()
     stats = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert abs(stats["losses/approx_kl"]) < 1e-6 and stats["losses/clipfrac"] == 0.0, stats
+    # bf16-sized tolerance: other CPUs may pick other bf16 kernels for batch 8 and batch 256 (exact here)
+    assert abs(stats["losses/approx_kl"]) < 1e-5 and stats["losses/clipfrac"] == 0.0, stats
