@@ -76,6 +76,7 @@ class Config:
         choices=PRECISIONS,
     )
     compile: bool = arg(False, "torch.compile the backbone (compiles for a minute or more; for long GPU runs)")
+    cuda_graph: bool = arg(True, "on CUDA, run the rollout policy step as one captured CUDA graph (not with --compile)")
     # PPO
     lr: float = arg(3e-4, "Adam learning rate")
     lr_schedule: str = arg("linear", "learning-rate schedule", choices=("constant", "linear", "cosine"))
@@ -179,7 +180,7 @@ INVOCATION_ONLY = {"logdir", "config", "resume", "overwrite", "stop_after", "wan
 RESUME_OVERRIDES = {
     "resume", "steps", "stop_after", "device", "save_interval", "max_env_crashes", "max_bad_updates",
     "wandb_mode", "wandb_project", "wandb_entity", "wandb_key", "overwrite", "eval_video", "video_every",
-    "video_frames", "progress_interval", "precision", "compile", "dist_timeout",
+    "video_frames", "progress_interval", "precision", "compile", "cuda_graph", "dist_timeout",
 }  # fmt: skip
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

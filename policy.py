@@ -424,7 +424,8 @@ class RecurrentCore(nn.Module):
     def forward(self, x: torch.Tensor, state: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (T, B, D), state (B, S) before step 0, starts (T, B) bool: step t begins an episode (its state is
         zeroed first) -> outputs (T, B, H), state (B, S) after the last step."""
-        cuts = (torch.nonzero(starts[1:].any(1)).flatten() + 1).tolist()  # one host sync for the whole sequence
+        # one host sync for a whole sequence, none for a single step (the rollout's, which may be a CUDA graph)
+        cuts = (torch.nonzero(starts[1:].any(1)).flatten() + 1).tolist() if len(x) > 1 else []
         outputs = []
         for a, b in zip([0, *cuts], [*cuts, len(x)], strict=True):
             state = state * ~starts[a, :, None]

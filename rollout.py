@@ -1,7 +1,8 @@
 """Collecting a rollout: the policy acts in the vector envs and every step goes into the buffer.
 
 Data flows one way: env -> policy acts -> buffer. `Memory` is what the policy carries from one step to the next
-(recurrent state, episode starts); `HostToDevice` moves observations to the policy's device.
+(recurrent state, episode starts); `HostToDevice` moves observations to the policy's device; `PolicyStep` is the
+policy's step, replayed as one CUDA graph on a GPU.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from buffer import RewardScaler, RolloutBuffer
 from env import VecEnv
-from policy import ActorCritic
+from policy import Act, ActorCritic
 
 
 @dataclass
@@ -54,6 +55,46 @@ class HostToDevice:
         return tensor
 
 
+class PolicyStep:
+    """`policy.act` for the rollout's fixed batch of `num_envs`. On CUDA (with `graph`) the step is captured once
+    as a CUDA graph and then replayed: one launch instead of one per layer, since a step on a few envs is bound by
+    launch latency, not arithmetic. The graph reads the parameters where they live, so in-place updates (the
+    optimizer, checkpoint loads) are seen; inputs are copied into the graph's static tensors, and the recurrent
+    state it carries is copied out. Eager on CPU, for other batch sizes, and without `graph`."""
+
+    def __init__(self, policy: ActorCritic, num_envs: int, device: torch.device, graph: bool = True):
+        self.policy, self.num_envs = policy, num_envs
+        self.use_graph = graph and device.type == "cuda"
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor) -> Act:
+        """Inside torch.inference_mode(): obs (N, K*C, H, W) uint8, state (N, S) or None, starts (N,) bool."""
+        if not self.use_graph or len(obs) != self.num_envs:
+            return self.policy.act(obs, state, starts)
+        if self.graph is None:
+            self.capture(obs, state, starts)
+        self.inputs[0].copy_(obs)
+        self.inputs[2].copy_(starts)
+        if state is not None:
+            self.inputs[1].copy_(state)
+        self.graph.replay()
+        out = self.outputs  # overwritten by the next replay: the buffer copies them, the carried state is cloned
+        return out._replace(state=None if out.state is None else out.state.clone())
+
+    def capture(self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor) -> None:
+        self.inputs = (obs.clone(), None if state is None else state.clone(), starts.clone())
+        current = torch.cuda.current_stream(obs.device)
+        side = torch.cuda.Stream(obs.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires: cuDNN picks kernels
+            for _ in range(3):
+                self.policy.act(*self.inputs)
+        current.wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = self.policy.act(*self.inputs)
+
+
 def collect_rollout(
     envs: VecEnv,
     policy: ActorCritic,
@@ -65,11 +106,13 @@ def collect_rollout(
     to_device: HostToDevice,
     should_stop: Callable[[], bool] = lambda: False,
     on_step: Callable[[int], None] = lambda t: None,
+    step: PolicyStep | None = None,
 ) -> tuple[np.ndarray, Memory, list, bool]:
-    """Fill `buffer` with num_steps steps of every env, starting from `obs` and `memory`; `on_step(t)` after
-    each step. -> (next obs, next memory, finished episodes, whether the rollout is complete; not when
-    `should_stop()` cut it)."""
+    """Fill `buffer` with num_steps steps of every env, starting from `obs` and `memory`; the policy acts through
+    `step` (default: eager `policy.act`); `on_step(t)` after each step. -> (next obs, next memory, finished
+    episodes, whether the rollout is complete; not when `should_stop()` cut it)."""
     policy.eval()
+    step = step or policy.act
     episodes = []
     if memory.state is not None:
         buffer.initial_state.copy_(memory.state)
@@ -79,7 +122,7 @@ def collect_rollout(
         tic = time.perf_counter()
         obs_t = to_device(obs)  # (N, K*C, H, W) uint8: frames become floats on the device
         with torch.inference_mode():
-            act = policy.act(obs_t, memory.state, memory.starts)
+            act = step(obs_t, memory.state, memory.starts)
         actions = act.action.cpu().numpy()  # the one sync per step: the envs need the actions
         tac = time.perf_counter()
         result = envs.step(actions)

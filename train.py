@@ -48,7 +48,7 @@ from env import EnvCrashError, VecEnv, cpus_per_process, make_vec_env
 from errors import UsageError
 from evaluate import EvalResult, EvalStats, eval_row, make_eval_env, run_episodes, selection_score
 from policy import ActorCritic, PolicySpec
-from rollout import HostToDevice, Memory, collect_rollout
+from rollout import HostToDevice, Memory, PolicyStep, collect_rollout
 from runlog import EpisodeLog, Progress, RunLogger, prepare_logdir, truncate_metrics
 from visuals import plot_learning_curve, write_video
 
@@ -145,6 +145,7 @@ class Trainer:
         self.precision = self.ranks.broadcast(self.precision)  # one arithmetic for all ranks (rank 0's choice)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.fp32_precision = "tf32"  # fp32 matrix products on tensor cores
+            torch.backends.cudnn.benchmark = True  # shapes are fixed: cuDNN times its kernels once per shape
         if main:
             note = precision_note(cfg.precision, self.precision, self.device)
             write_run_file(cfg, self.logdir / "config.yaml", f"precision {note} on this machine")
@@ -186,6 +187,7 @@ class Trainer:
         self.ppo = PPO(self.policy, cfg, seed=cfg.seed + self.ranks.rank, ranks=self.ranks)
         self.buffer = make_buffer(cfg, self.policy, self.envs, self.device)
         self.to_device = HostToDevice(self.device)
+        self.policy_step = PolicyStep(self.policy, self.envs.num_envs, self.device, cfg.cuda_graph and not cfg.compile)
         reduce = self.ranks.sum if self.ranks.active else None  # every rank normalizes with all envs' statistics
         self.scaler = RewardScaler(cfg.reward_mode, cfg.num_envs, cfg.reward_norm_gamma or cfg.gamma, reduce=reduce)
         self.history = EvalStats(self.logdir)
@@ -382,6 +384,7 @@ class Trainer:
             on_step=lambda t: self.show_progress(
                 "collecting", self.global_step + (t + 1) * self.global_batch // cfg.num_steps
             ),
+            step=self.policy_step,
         )
         finished = [episode for rank in self.ranks.gather(finished) for episode in rank]  # every rank's episodes
         self.episodes.add(finished)

@@ -15,8 +15,8 @@ these machines are noisy:
   bench/baselines.py (CleanRL's ppo_atari.py; a plain PyTorch loop over ProcgenGym3Env), and crafter-moon in
   fp32 and bf16, alternating runs in fresh processes; steps/s, time split (env / inference / update) and peak
   RSS of each process tree; the default Crafter run's peak RSS.
-- gpu (skipped without CUDA): Atari and crafter-moon training on the GPU in fp32 and bf16, beside CleanRL's
-  ppo_atari.py on the same GPU.
+- gpu (skipped without CUDA): Atari and crafter-moon training on the GPU in fp32 with and without the CUDA-graph
+  rollout step and in bf16, beside CleanRL's ppo_atari.py on the same GPU; the default Crafter run.
 """
 
 from __future__ import annotations
@@ -374,16 +374,17 @@ def isolated(command: list[str]) -> dict:
     import subprocess
     import tempfile
 
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen([sys.executable, *command], stdout=out, stderr=subprocess.DEVNULL, cwd=BENCH.parent)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, *command], stdout=out, stderr=err, cwd=BENCH.parent)
         peak = 0
         while proc.poll() is None:
             peak = max(peak, tree_rss(proc.pid))
             time.sleep(0.2)
         out.seek(0)
-        lines = out.read().strip().splitlines()
+        err.seek(0)
+        lines, errors = out.read().strip().splitlines(), err.read().strip()
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(command)} failed with exit code {proc.returncode}")
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {proc.returncode}:\n{errors[-3000:]}")
     result = json.loads(lines[-1])
     rounded = {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
     rounded["seconds_split"] = {k: round(v, 2) for k, v in result["seconds_split"].items()}
@@ -396,30 +397,35 @@ def ours(family: str, updates: int, extra: list[str] | None = None) -> dict:
     return isolated(command) | {"settings": " ".join(TRAINING[family] + extra) or "(defaults)"}
 
 
-def alternate(measures: dict[str, list[str] | None], family: str, updates: int, rounds: int, extra: list[str]) -> dict:
-    """Runs in fresh processes, alternated `rounds` times (this machine's speed drifts): a baseline command (a
-    bench/baselines.py argument list) or, for None, train.py with `--precision NAME`; -> each name's runs."""
-    runs: dict[str, list] = {name: [] for name in measures}
+def alternate(variants: dict[str, list[str]], baseline: list[str] | None, family: str, updates: int, rounds: int):
+    """Runs in fresh processes, alternated `rounds` times (these machines' speed drifts): train.py with each
+    variant's extra flags and, when given, the baseline (a bench/baselines.py argument list); -> each name's runs."""
+    runs: dict[str, list] = {name: [] for name in ([] if baseline is None else ["baseline"]) + list(variants)}
     for _ in range(rounds):
-        for name, baseline in measures.items():
-            if baseline is None:
-                runs[name].append(ours(family, updates, [*extra, "--precision", name]))
-            else:
-                runs[name].append(isolated([str(BENCH / "baselines.py"), *baseline, "--updates", str(updates)]))
+        if baseline is not None:
+            runs["baseline"].append(isolated([str(BENCH / "baselines.py"), *baseline, "--updates", str(updates)]))
+        for name, extra in variants.items():
+            runs[name].append(ours(family, updates, extra))
     return runs
+
+
+def side_by_side(variants: dict[str, list[str]], baseline: list[str] | None, family: str, updates: int, rounds: int):
+    """Steps/s of each variant and the baseline from alternated runs; each variant's ratio to the first variant
+    and to the baseline."""
+    runs = alternate(variants, baseline, family, updates, rounds)
+    rate = {k: sum(r["steps"] for r in v) / sum(r["seconds"] for r in v) for k, v in runs.items()}
+    result = {f"{k}_steps_per_s": round(v, 1) for k, v in rate.items()}
+    first, *others = variants
+    result |= {f"{k}_over_{first}": round(rate[k] / rate[first], 3) for k in others}
+    if baseline:
+        result |= {f"{k}_over_baseline": round(rate[k] / rate["baseline"], 3) for k in variants}
+    return result | {"runs": runs}
 
 
 def precisions_side_by_side(baseline: list[str] | None, family: str, updates: int, rounds: int, extra: list[str]):
     """train.py in fp32 and in bf16 (and the baseline, when there is one) alternated; steps/s and the ratios."""
-    measures = ({"baseline": baseline} if baseline else {}) | {"fp32": None, "bf16": None}
-    runs = alternate(measures, family, updates, rounds, extra)
-    rate = {k: sum(r["steps"] for r in v) / sum(r["seconds"] for r in v) for k, v in runs.items()}
-    result = {f"{k}_steps_per_s": round(v, 1) for k, v in rate.items()}
-    result["bf16_over_fp32"] = round(rate["bf16"] / rate["fp32"], 3)
-    if baseline:
-        result["fp32_over_baseline"] = round(rate["fp32"] / rate["baseline"], 3)
-        result["bf16_over_baseline"] = round(rate["bf16"] / rate["baseline"], 3)
-    return result | {"runs": runs}
+    variants = {name: [*extra, "--precision", name] for name in ("fp32", "bf16")}
+    return side_by_side(variants, baseline, family, updates, rounds)
 
 
 def bench_training(quick: bool) -> dict:
@@ -452,17 +458,26 @@ def bench_training(quick: bool) -> dict:
 
 
 def bench_gpu(quick: bool) -> dict:
-    """Atari and crafter-moon training on the GPU (`--device cuda`) in fp32 (TF32) and bf16, beside CleanRL's
-    ppo_atari.py on the same GPU; skipped without CUDA. The first GPU measurements (one H200, torch 2.11):
+    """Training on the GPU (`--device cuda`): Atari and crafter-moon in fp32 (TF32) with the rollout's policy step
+    as a CUDA graph (the default), eagerly (`--no-cuda-graph`) and in bf16, beside CleanRL's ppo_atari.py on the
+    same GPU; the default Crafter run. Skipped without CUDA. Before CUDA graphs (one H200, torch 2.11):
     crafter-moon ~1,100 steps/s, atari-cleanrl 2.12x CleanRL."""
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
     cuda = ["--device", "cuda"]
-    atari = precisions_side_by_side(["atari"], "atari", 3 if quick else 10, 1 if quick else 2, cuda)
-    atari["goal"] = "fp32 >= 3x CleanRL ppo_atari.py on the same GPU (moonshot: LeanRL's 6.8k steps/s on an H100)"
-    crafter_moon = precisions_side_by_side(None, "crafter_moon", 2 if quick else 5, 1, cuda)
+    variants = {
+        "fp32_graph": [*cuda, "--precision", "fp32"],
+        "fp32_eager": [*cuda, "--precision", "fp32", "--no-cuda-graph"],
+        "bf16_graph": [*cuda, "--precision", "bf16"],
+    }
+    crafter_moon = side_by_side(variants, None, "crafter_moon", 2 if quick else 4, 1)
     crafter_moon["goal"] = "fp32 >= 2,000 steps/s on one H200 (a 1M-step seed in under 10 minutes)"
-    return {"gpu": torch.cuda.get_device_name(0), "atari": atari, "crafter_moon": crafter_moon}
+    print(json.dumps({"crafter_moon": crafter_moon}), file=sys.stderr, flush=True)  # partial results: GPU time is short
+    atari = side_by_side(variants, ["atari"], "atari", 4 if quick else 16, 1)
+    atari["goal"] = "fp32 >= 3x CleanRL ppo_atari.py on the same GPU (moonshot: LeanRL's 6.8k steps/s on an H100)"
+    print(json.dumps({"atari": atari}), file=sys.stderr, flush=True)
+    default = side_by_side({"auto_graph": cuda}, None, "crafter_default", 2 if quick else 3, 1)
+    return {"gpu": torch.cuda.get_device_name(0), "atari": atari, "crafter_moon": crafter_moon, "default_run": default}
 
 
 def main() -> None:
