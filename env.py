@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import io
 import multiprocessing as mp
 import os
@@ -245,17 +246,27 @@ CRAFTER_PICKLE_ALLOWED = {
 
 
 class CrafterUnpickler(pickle.Unpickler):
-    """Restores Crafter worlds without running arbitrary code: only Crafter and numpy classes load."""
+    """Restores Crafter worlds without running arbitrary code: only Crafter and numpy classes load. States
+    pickled under numpy 1 (numpy.core) and numpy 2 (numpy._core) load under either."""
 
     def find_class(self, module: str, name: str):
-        allowed = (module, name) in CRAFTER_PICKLE_ALLOWED or (module, name) in (
+        numpy_1 = module.replace("numpy._core", "numpy.core", 1) if module.startswith("numpy._core") else module
+        allowed = (numpy_1, name) in CRAFTER_PICKLE_ALLOWED or (module, name) in (
             (__name__, "InsertionOrderedSet"),
             ("crafter_fast", "LocalView"),
             ("crafter_fast", "ItemView"),
         )
-        if allowed or module in ("crafter.env", "crafter.engine", "crafter.objects"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a Crafter env state")
+        if not (allowed or module in ("crafter.env", "crafter.engine", "crafter.objects")):
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a Crafter env state")
+        if numpy_1 != module or module.startswith("numpy.core"):
+            return getattr(importlib.import_module(numpy_core_module(numpy_1)), name)
+        return super().find_class(module, name)
+
+
+def numpy_core_module(numpy_1_name: str) -> str:
+    """numpy.core.X as this numpy names it: numpy._core.X under numpy 2 (whose numpy.core only warns and forwards)."""
+    numpy_2 = int(np.__version__.split(".")[0]) >= 2
+    return numpy_1_name.replace("numpy.core", "numpy._core", 1) if numpy_2 else numpy_1_name
 
 
 CRAFTER_VIDEO_SIZE = (256, 256)  # crafter draws its view at any size: videos get a sharp 256x256

@@ -59,8 +59,8 @@ class PolicyStep:
     """`policy.act` for the rollout's fixed batch of `num_envs`. On CUDA (with `graph`) the step is captured once
     as a CUDA graph and then replayed: one launch instead of one per layer, since a step on a few envs is bound by
     launch latency, not arithmetic. The graph reads the parameters where they live, so in-place updates (the
-    optimizer, checkpoint loads) are seen; inputs are copied into the graph's static tensors, and the recurrent
-    state it carries is copied out. Eager on CPU, for other batch sizes, and without `graph`."""
+    optimizer, checkpoint loads) are seen; inputs are copied into the graph's static tensors and outputs out of
+    them. Eager on CPU, for other batch sizes, and without `graph`."""
 
     def __init__(self, policy: ActorCritic, num_envs: int, device: torch.device, graph: bool = True):
         self.policy, self.num_envs = policy, num_envs
@@ -78,8 +78,7 @@ class PolicyStep:
         if state is not None:
             self.inputs[1].copy_(state)
         self.graph.replay()
-        out = self.outputs  # overwritten by the next replay: the buffer copies them, the carried state is cloned
-        return out._replace(state=None if out.state is None else out.state.clone())
+        return Act(*(None if t is None else t.clone() for t in self.outputs))  # the next replay overwrites them
 
     def capture(self, obs: torch.Tensor, state: torch.Tensor | None, starts: torch.Tensor) -> None:
         self.inputs = (obs.clone(), None if state is None else state.clone(), starts.clone())

@@ -1,8 +1,10 @@
 """Never lose a run: kill -9 at random moments, exact resume, signals, crashed workers, NaNs, bad
 checkpoints, unwritable logdirs, full disks and unreachable wandb, with real processes."""
 
+import io
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -19,7 +21,7 @@ import agent
 import checkpoint
 import train
 from config import Config
-from env import CrafterVecEnv, EnvCrashError, make_vec_env
+from env import CrafterUnpickler, CrafterVecEnv, EnvCrashError, make_vec_env
 from policy import ActorCritic, PolicySpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +185,26 @@ def test_crafter_state_roundtrip_and_safe_unpickling():
         evil["worlds"][0] = __import__("pickle").dumps(os.system)
         with pytest.raises(EnvCrashError, match="not allowed"):
             b._call(0, "set_state", evil["worlds"][0])
+
+
+def test_crafter_states_saved_under_numpy_1_or_2_load_under_either():
+    """A Crafter state names numpy's modules as the numpy that saved it did (numpy.core or numpy._core): a run saved
+    on one machine resumes on another (the GPU image's numpy 2 could not resume a run saved under numpy 1.26)."""
+    array = np.arange(6, dtype=np.int16).reshape(2, 3)
+    saved = pickle.dumps(
+        array, protocol=3
+    )  # unframed; names its reconstructor in plain text: numpy.core or numpy._core
+    for old, new in ((b"numpy._core.", b"numpy.core."), (b"numpy.core.", b"numpy._core.")):
+        other_numpy = saved.replace(old, new)
+        for data in (saved, other_numpy):
+            np.testing.assert_array_equal(CrafterUnpickler(io.BytesIO(data)).load(), array)
+    frombuffer = [
+        CrafterUnpickler(io.BytesIO()).find_class(m, "_frombuffer")
+        for m in ("numpy.core.numeric", "numpy._core.numeric")
+    ]
+    assert frombuffer[0] is frombuffer[1] and callable(frombuffer[0])
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        CrafterUnpickler(io.BytesIO()).find_class("numpy._core.numeric", "fromfile")
 
 
 def nan_loss(*args, **kwargs):
