@@ -242,6 +242,7 @@ CRAFTER_PICKLE_ALLOWED = {
     ("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
     ("numpy.random._pickle", "__bit_generator_ctor"), ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random._mt19937", "MT19937"),  # numpy 2 pickles the bit generator class itself
 }  # fmt: skip
 
 

@@ -203,6 +203,7 @@ def test_crafter_states_saved_under_numpy_1_or_2_load_under_either():
         for m in ("numpy.core.numeric", "numpy._core.numeric")
     ]
     assert frombuffer[0] is frombuffer[1] and callable(frombuffer[0])
+    assert CrafterUnpickler(io.BytesIO()).find_class("numpy.random._mt19937", "MT19937") is np.random.MT19937
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
         CrafterUnpickler(io.BytesIO()).find_class("numpy._core.numeric", "fromfile")
 
