@@ -9,6 +9,7 @@ from typing import Protocol
 
 import torch
 import torch.nn as nn
+from torch.distributions import Categorical
 
 from augment import augment
 from buffer import RolloutBuffer
@@ -32,6 +33,7 @@ class PPOSettings(Protocol):
     adv_norm: str
     adam_eps: float
     augment: str
+    drac_coef: float
 
 
 def scheduled_lr(hp: PPOSettings, progress: float) -> float:
@@ -123,10 +125,24 @@ class PPO:
             group["lr"] = lr
 
     def minibatch_features(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Cached features as they are; frames (B, K*C, H, W) through --augment, then the backbone."""
-        if self.policy.caches_features:
-            return inputs
-        return self.policy.features(augment(inputs, self.hp.augment, self.generator))
+        """Cached features as they are; frames (B, K*C, H, W) through the backbone."""
+        return inputs if self.policy.caches_features else self.policy.features(inputs)
+
+    def drac_regularizers(self, mb, logits: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DrAC's regularizers (Raileanu et al. 2021) on augmented frames f(s) of the minibatch, given the policy's
+        logits (B, A) and values (B,) on the clean frames s, both held fixed:
+        - policy: KL(pi(.|s) || pi(.|f(s))). DrAC's code writes it as -log pi(a|f(s)) with a drawn from pi(.|s);
+          that is this KL plus the entropy of pi(.|s), a constant here, so its gradient is this one's in
+          expectation, without the sampling noise (and it is 0 when f is the identity);
+        - value: 0.5 (V(s) - V(f(s)))^2.
+        A recurrent minibatch's env sequences each get one draw of the augmentation's parameters."""
+        groups = 0 if mb.initial_state is None else len(mb.initial_state)
+        frames = augment(mb.inputs, self.hp.augment, self.generator, self.policy.spec.frame_channels, groups)
+        aug_logits, aug_value = self.policy.minibatch_heads(self.policy.features(frames), mb.initial_state, mb.starts)
+        clean = logits.detach().log_softmax(-1)
+        policy_reg = (clean.exp() * (clean - aug_logits.log_softmax(-1))).sum(-1).mean()
+        value_reg = 0.5 * (value.detach() - aug_value).square().mean()
+        return policy_reg, value_reg
 
     def update(self, buffer: RolloutBuffer, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
         """-> mean of each loss piece over the applied minibatches, plus grad norm, explained variance and
@@ -145,10 +161,10 @@ class PPO:
             for mb in buffer.minibatches(self.hp.num_minibatches, self.generator):
                 if should_stop():
                     return None
-                features = self.minibatch_features(mb.inputs)
-                new_logprob, entropy, new_value = self.policy.evaluate_actions(
-                    features, mb.actions, mb.initial_state, mb.starts
-                )
+                features = self.minibatch_features(mb.inputs)  # the PPO loss sees clean frames only
+                logits, new_value = self.policy.minibatch_heads(features, mb.initial_state, mb.starts)
+                dist = Categorical(logits=logits, validate_args=False)
+                new_logprob, entropy = dist.log_prob(mb.actions), dist.entropy()
                 old_values, returns = mb.values, mb.returns
                 if normalizer is not None:  # the head predicts normalized returns (Moon et al.'s ScaledMSEHead)
                     normalizer.update(returns, self.ranks.mean)
@@ -156,6 +172,14 @@ class PPO:
                 loss, pieces = ppo_loss(
                     new_logprob, entropy, new_value, mb.logprobs, old_values, mb.advantages, returns, self.hp
                 )
+                if self.hp.augment != "none":
+                    policy_reg, value_reg = self.drac_regularizers(mb, logits, new_value)
+                    loss = loss + self.hp.drac_coef * (policy_reg + value_reg)
+                    pieces |= {
+                        "drac_policy": policy_reg.detach(),
+                        "drac_value": value_reg.detach(),
+                        "loss": loss.detach(),
+                    }
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 any_bad_loss = self.ranks.average_gradients(self.params, ~torch.isfinite(loss.detach()))

@@ -1,7 +1,11 @@
-"""Image augmentation of frame stacks for the PPO update (RAD, Laskin et al. 2020; DrAC, Raileanu et al. 2021).
+"""DrAC's image augmentations (Raileanu et al. 2021, auto-drac `data_augs.py`) for the regularizers of the update.
 
-Every transform draws one random offset per sample and applies it to all channels of the sample, so the
-frames of a stack stay aligned with each other. Evaluation and the rollout never see augmented frames.
+The PPO loss itself never sees augmented frames (agent.py): the policy and value of an augmented stack are pulled
+towards those of the clean one. Each transform draws its random parameters once per group of samples (a sample in
+a feed-forward minibatch, a whole env sequence in a recurrent one) and applies them to every frame of the stack,
+so the frames of a stack stay aligned. Frames arrive as (B, K*C, H, W) uint8; transforms return pixel values
+(0-255 scale) that `ActorCritic.features` normalizes like any frame: uint8 where they stay in range, float32
+where they do not (random_conv).
 """
 
 from __future__ import annotations
@@ -9,16 +13,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("none", "shift", "crop")
+AUGMENTATIONS = ("none", "crop", "grayscale", "flip", "random_conv")
+COLOUR_AUGMENTATIONS = ("grayscale", "random_conv")  # these need RGB frames
+CROP_PAD = 12  # DrAC's crop for Procgen's 64x64 frames: replicate-pad 12 pixels, then a random 64x64 window
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as kornia's RgbToGrayscale that DrAC uses
 
 
-def random_offsets(batch: int, high: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) offsets in [0, high] per sample."""
-    offsets = torch.randint(0, high + 1, (2, batch), generator=generator)
-    if torch.device(device).type == "cuda":  # a pinned copy does not make the host wait for the GPU
-        offsets = offsets.pin_memory()
-    offsets = offsets.to(device, non_blocking=True)
-    return offsets[0], offsets[1]
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Parameters drawn on the host (the update's CPU generator) -> `device`; pinned, so a GPU does not wait."""
+    if torch.device(device).type == "cuda":
+        values = values.pin_memory()
+    return values.to(device, non_blocking=True)
+
+
+def per_sample(params: torch.Tensor, batch: int) -> torch.Tensor:
+    """Parameters of G groups (G, ...) -> of B samples (B, ...): sample b belongs to group b % G (the time-major
+    layout of recurrent minibatches; G = B for feed-forward ones)."""
+    return params[torch.arange(batch, device=params.device) % len(params)]
 
 
 def window(frames: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -29,29 +40,56 @@ def window(frames: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: 
     return frames.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
-def random_shift(frames: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """DrAC / DrQ random shift: pad by repeating the border `pad` pixels, then crop back to the original size
-    at a random offset. frames (B, C, H, W) uint8 -> the same shape and dtype."""
+def crop(frames: torch.Tensor, generator: torch.Generator, groups: int, pad: int = CROP_PAD) -> torch.Tensor:
+    """DrAC's crop: replicate-pad `pad` pixels, then an H x W window at a random offset in [0, 2 pad]^2 (a shift
+    of up to +-pad, never resized). (B, K*C, H, W) -> the same shape and dtype."""
     _, _, height, width = frames.shape
     padded = F.pad(frames.float(), (pad, pad, pad, pad), mode="replicate").to(frames.dtype)
-    top, left = random_offsets(len(frames), 2 * pad, generator, frames.device)
-    return window(padded, top, left, height, width)
+    offsets = per_sample(
+        to_device(torch.randint(0, 2 * pad + 1, (groups, 2), generator=generator), frames.device), len(frames)
+    )
+    return window(padded, offsets[:, 0], offsets[:, 1], height, width)
 
 
-def random_crop(frames: torch.Tensor, generator: torch.Generator, margin: int = 4) -> torch.Tensor:
-    """RAD random crop: a (H - 2 margin) x (W - 2 margin) window at a random offset, resized back to H x W
-    (bilinear). frames (B, C, H, W) uint8 -> the same shape and dtype."""
-    _, _, height, width = frames.shape
-    top, left = random_offsets(len(frames), 2 * margin, generator, frames.device)
-    crops = window(frames, top, left, height - 2 * margin, width - 2 * margin).float()
-    resized = F.interpolate(crops, size=(height, width), mode="bilinear", align_corners=False)
-    return resized.round().clamp(0, 255).to(frames.dtype)
+def grayscale(frames: torch.Tensor, frame_channels: int) -> torch.Tensor:
+    """Each RGB frame -> its luma in all three channels (deterministic). (B, K*3, H, W) uint8 -> the same."""
+    b, kc, h, w = frames.shape
+    rgb = frames.view(b, kc // frame_channels, frame_channels, h, w).float()
+    luma = torch.einsum("bkchw,c->bkhw", rgb, torch.tensor(GRAY_WEIGHTS, device=frames.device))
+    gray = luma.round().clamp(0, 255).to(frames.dtype)[:, :, None].expand(-1, -1, frame_channels, -1, -1)
+    return gray.reshape(b, kc, h, w)
 
 
-def augment(frames: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """frames (B, K*C, H, W) uint8 -> augmented the `kind` way (none, shift or crop)."""
-    if kind == "shift":
-        return random_shift(frames, generator)
+def flip(frames: torch.Tensor, generator: torch.Generator, groups: int, p: float = 0.5) -> torch.Tensor:
+    """DrAC's flip: with probability `p` a sample's frames are turned upside down (its rows reversed, the axis DrAC
+    flips)."""
+    flipped = per_sample(to_device(torch.rand(groups, generator=generator) < p, frames.device), len(frames))
+    return torch.where(flipped[:, None, None, None], frames.flip(2), frames)
+
+
+def random_conv(frames: torch.Tensor, generator: torch.Generator, groups: int, frame_channels: int) -> torch.Tensor:
+    """DrAC's random convolution: every group gets its own 3x3 convolution of the RGB channels (xavier-normal
+    weights, no bias, zero padding 1), applied to each frame of its stacks. Unclamped: (B, K*3, H, W) float32."""
+    b, kc, h, w = frames.shape
+    c = frame_channels
+    std = (2.0 / (c * 9 + c * 9)) ** 0.5  # xavier normal: gain 1, fan_in = fan_out = 3 * 3 * 3
+    kernels = to_device(torch.randn(groups, c, c, 3, 3, generator=generator) * std, frames.device)
+    kernels = per_sample(kernels, b)  # (B, C, C, 3, 3)
+    x = frames.view(b, kc // c, c, h, w).transpose(0, 1).reshape(kc // c, b * c, h, w).float()  # frames x samples
+    out = F.conv2d(x, kernels.reshape(b * c, c, 3, 3), padding=1, groups=b)  # each sample through its kernel
+    return out.view(kc // c, b, c, h, w).transpose(0, 1).reshape(b, kc, h, w)
+
+
+def augment(frames: torch.Tensor, kind: str, generator: torch.Generator, frame_channels: int, groups: int = 0):
+    """frames (B, K*C, H, W) uint8 -> augmented the `kind` way, one draw of random parameters per group of samples
+    (`groups` dividing B; 0: one per sample)."""
+    groups = groups or len(frames)
     if kind == "crop":
-        return random_crop(frames, generator)
+        return crop(frames, generator, groups)
+    if kind == "grayscale":
+        return grayscale(frames, frame_channels)
+    if kind == "flip":
+        return flip(frames, generator, groups)
+    if kind == "random_conv":
+        return random_conv(frames, generator, groups, frame_channels)
     return frames

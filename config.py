@@ -96,7 +96,12 @@ class Config:
         "normalize advantages per minibatch, over the whole batch, or not",
         choices=("minibatch", "batch", "none"),
     )
-    augment: str = arg("none", "augment frames in the update: DrAC random shift or RAD crop", choices=AUGMENTATIONS)
+    augment: str = arg(
+        "none",
+        "DrAC: regularize the policy and value on augmented frames (the PPO loss stays clean)",
+        choices=AUGMENTATIONS,
+    )
+    drac_coef: float = arg(0.1, "weight of DrAC's two regularizers (the paper's alpha_r)")
     adam_eps: float = arg(1e-5, "Adam epsilon (CleanRL and openai/baselines: 1e-5; PyTorch's default: 1e-8)")
     reward_scaling: str = arg(
         "auto",

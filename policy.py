@@ -589,14 +589,22 @@ class ActorCritic(nn.Module):
         starts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """features (B, F) -> log-prob (B,), entropy (B,), value (B,) in the value head's units, of `actions`
-        under the current policy. A recurrent policy re-runs whole env sequences: B = T * n time-major, from
-        `state` (n, S) at step 0, with `starts` (B,) where episodes begin."""
+        under the current policy (see `minibatch_heads` for recurrent minibatches)."""
+        logits, value = self.minibatch_heads(features, state, starts)
+        dist = Categorical(logits=logits, validate_args=False)
+        return dist.log_prob(actions), dist.entropy(), value
+
+    def minibatch_heads(
+        self, features: torch.Tensor, state: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, F) of an update's minibatch -> logits (B, A), value (B,) in the value head's units. A
+        recurrent policy re-runs whole env sequences: B = T * n time-major, from `state` (n, S) at step 0, with
+        `starts` (B,) where episodes begin."""
         if self.core is not None:
             n = len(state)
             features, starts = features.view(-1, n, features.shape[-1]), starts.view(-1, n)
         logits, value, _ = self.heads(features, state, starts)
-        dist = Categorical(logits=logits.reshape(-1, logits.shape[-1]), validate_args=False)
-        return dist.log_prob(actions), dist.entropy(), value.reshape(-1)
+        return logits.reshape(-1, logits.shape[-1]), value.reshape(-1)
 
     def value(
         self, obs: torch.Tensor, state: torch.Tensor | None = None, starts: torch.Tensor | None = None

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from agent import PPO, scheduled_lr
+from augment import COLOUR_AUGMENTATIONS
 from buffer import RewardScaler, RolloutBuffer
 from checkpoint import (
     CheckpointError,
@@ -160,6 +161,11 @@ class Trainer:
             or make_eval_env(cfg, min(cfg.eval_envs, cfg.eval_episodes), cfg.seed, num_workers=eval_workers)
         )
         self.spec = make_policy_spec(cfg, self.envs)
+        if cfg.augment in COLOUR_AUGMENTATIONS and self.spec.frame_channels != 3:
+            self.envs.close()
+            raise UsageError(
+                f"--augment {cfg.augment} needs RGB frames; {cfg.env} gives {self.spec.frame_channels}-channel ones"
+            )
         pretrained = cfg.pretrained and resume is None  # a resumed run's weights come from its checkpoint
         self.policy = ActorCritic(self.spec, pretrained, cfg.pretrained_file if pretrained else "").to(self.device)
         self.ranks.broadcast_parameters(self.policy)  # one starting point (pretrained weights load on every rank)

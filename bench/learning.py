@@ -19,7 +19,7 @@ Experiments:
   EfficientNet-Lite0 features) and crafter-moon, all on the published 1M-step budget (the learning rate anneals
   over 1M steps; a smaller --steps stops early). Metric: Crafter score over all training episodes (the
   published protocol).
-- procgen-starpilot: `--preset procgen-official`, with and without `--augment shift`, against a plain PyTorch loop
+- procgen-starpilot: `--preset procgen-official`, with and without DrAC (`--augment crop`), against a plain PyTorch loop
   over ProcgenGym3Env with the same settings (bench/baselines.py). Metric: mean return of the last 100 training
   episodes; evaluate.py then scores each pixelppo run's last checkpoint on its training levels and on unseen
   levels (the generalization gap).
@@ -92,7 +92,7 @@ EXPERIMENTS: dict[str, dict] = {
         "systems": [
             System("pixelppo", ["--preset", "procgen-official", "--env", "procgen/starpilot"]),
             System(
-                "pixelppo_shift", ["--preset", "procgen-official", "--env", "procgen/starpilot", "--augment", "shift"]
+                "pixelppo_drac", ["--preset", "procgen-official", "--env", "procgen/starpilot", "--augment", "crop"]
             ),
             System("plain_loop", baseline=["procgen", "--game", "starpilot"], batch=64 * 256),
         ],

@@ -9,7 +9,7 @@ these machines are noisy:
   backbone in every epoch, and whether the learned heads come out the same.
 - recurrent_update: the PPO update of GRU and LSTM policies against the feed-forward one (same backbone and
   batch), with no episode start inside the rollout, starts every 32 steps, and starts at every step.
-- augment_update: the PPO update with --augment shift and crop against none (procgen-official's network).
+- augment_update: the PPO update with DrAC (--augment crop, random_conv) against none (procgen-official's network).
 - ranks: train.py on one process against two torchrun processes on the same global batch.
 - training: train.py's loop in fp32 and in bf16 (`--precision`) side by side with baselines written in
   bench/baselines.py (CleanRL's ppo_atari.py; a plain PyTorch loop over ProcgenGym3Env), and crafter-moon in
@@ -267,7 +267,7 @@ def bench_recurrent_update(quick: bool) -> dict:
 
 
 def bench_augment_update(quick: bool) -> dict:
-    """Update time with --augment shift and crop against none: procgen-official's network and update settings
+    """Update time with DrAC (--augment crop, random_conv) against none: procgen-official's network and update settings
     (IMPALA CNN [16, 32, 32], 3 epochs x 8 minibatches) on 16 envs x 256 steps of 64x64 RGB."""
     from config import Config
 
@@ -275,10 +275,10 @@ def bench_augment_update(quick: bool) -> dict:
     T = 64 if quick else 256
     spec = PolicySpec("impala_cnn", (3, 64, 64), 3, 15, 0, False, False)
     out = {"batch": T * 16}
-    for kind in ("none", "shift", "crop"):
+    for kind in ("none", "crop", "random_conv"):
         cfg = Config(num_envs=16, update_epochs=3, num_minibatches=8, augment=kind)
         out[f"{kind}_seconds"] = round(update_seconds(spec, cfg, T, 0, repeats), 3)
-    for kind in ("shift", "crop"):
+    for kind in ("crop", "random_conv"):
         out[f"{kind}_ratio"] = round(out[f"{kind}_seconds"] / out["none_seconds"], 2)
     return out
 
