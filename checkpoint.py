@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,54 @@ REQUIRED_KEYS = ("config", "policy_spec", "model", "global_step")
 
 class CheckpointError(UsageError):
     """A checkpoint that is missing, corrupted, foreign or from a newer pixelppo."""
+
+
+@dataclass
+class RunState:
+    """A run's counters and clocks: what the training loop keeps between updates, saved in every checkpoint and
+    restored by --resume as a whole."""
+
+    global_step: int = 0  # agent steps of all ranks so far
+    update: int = 0  # PPO updates done
+    next_eval: int = 0  # evaluate once global_step reaches this
+    evaluations: int = 0
+    bad_updates: int = 0  # consecutive updates whose every minibatch was non-finite
+    best_score: float = -math.inf  # the family's published metric (selection score) of the best evaluation
+    last_score: float | None = None  # of the last evaluation
+    timing: dict[str, float] = field(default_factory=lambda: {"env": 0.0, "inference": 0.0, "update": 0.0})
+    elapsed_before: float = 0.0  # seconds the run spent in earlier processes (resumed runs)
+
+    def to_payload(self, elapsed: float) -> dict:
+        """The checkpoint's entries (their names and places are the checkpoint format's); `elapsed`: seconds so
+        far, this process included. The "resume" entry is merged with the loop's other resume data."""
+        return {
+            "global_step": self.global_step,
+            "best_eval_score": self.best_score,
+            "eval_score": self.last_score,
+            "resume": {
+                "update": self.update,
+                "next_eval": self.next_eval,
+                "bad_updates": self.bad_updates,
+                "evaluations": self.evaluations,
+                "timing": self.timing,
+                "elapsed": elapsed,
+            },
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> RunState:
+        resume = payload["resume"]
+        return cls(
+            global_step=payload["global_step"],
+            update=resume["update"],
+            next_eval=resume["next_eval"],
+            evaluations=resume["evaluations"],
+            bad_updates=resume["bad_updates"],
+            best_score=payload["best_eval_score"],
+            last_score=payload["eval_score"],
+            timing=dict(resume["timing"]),
+            elapsed_before=resume["elapsed"],
+        )
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -27,9 +26,33 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def arg(default, help: str, **kwargs):
-    """A Config field with its command-line help."""
-    return field(default=default, metadata={"help": help, **kwargs})
+def arg(
+    default,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    check: tuple | None = None,
+    resume: bool = False,
+    invocation: bool = False,
+    secret: bool = False,
+):
+    """A Config field and its rules: its command-line help and `choices`; `check`, a (predicate, what is allowed)
+    pair that `validate` applies; `resume`: a resumed run may change it (otherwise it is the run's own);
+    `invocation`: what one invocation does rather than what the run is (never written to config.yaml); `secret`:
+    never written anywhere (checkpoints, wandb, run files)."""
+    rules = {"choices": choices, "check": check, "resume": resume, "invocation": invocation, "secret": secret}
+    return field(default=default, metadata={"help": help, **rules})
+
+
+# `check` rules: (is the value allowed, what is allowed)
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
+POSITIVE = (lambda v: v > 0, "positive")
+POSITIVE_OR_NONE = (lambda v: v is None or v > 0, "positive or none")
+DISCOUNT = (lambda v: 0 < v <= 1, "in (0, 1]")
+DISCOUNT_OR_NONE = (lambda v: v is None or 0 < v <= 1, "in (0, 1] or none")
+UNIT_INTERVAL = (lambda v: 0 <= v <= 1, "in [0, 1]")
+PROBABILITY = (lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 
 
 def preset_names() -> tuple[str, ...]:
@@ -40,57 +63,87 @@ def preset_names() -> tuple[str, ...]:
 class Config:
     # run
     env: str = arg("crafter", "crafter, procgen/<game> or atari/<Game> (or a gymnasium id like ALE/Pong-v5)")
-    logdir: str = arg("", "run folder (default: the next free logs/run_<N>)")
-    config: str = arg("", "YAML run file to start from (flags given on the command line still win)")
+    logdir: str = arg("", "run folder (default: the next free logs/run_<N>)", invocation=True)
+    config: str = arg("", "YAML run file to start from (flags given on the command line still win)", invocation=True)
     preset: str = arg("", "published recipe to start from: configs/<PRESET>.yaml", choices=("", *preset_names()))
-    overwrite: bool = arg(False, "replace an existing run in --logdir")
-    steps: int = arg(1_000_000, "total environment steps (agent steps summed over envs)")
-    eval_interval: int = arg(100_000, "evaluate every this many steps (and at the end)")
-    eval_episodes: int = arg(20, "episodes per evaluation")
-    eval_envs: int = arg(8, "parallel evaluation envs")
-    num_envs: int = arg(64, "parallel training envs")
-    history_length: int = arg(4, "frames stacked into one observation")
+    overwrite: bool = arg(False, "replace an existing run in --logdir", resume=True, invocation=True)
+    steps: int = arg(1_000_000, "total environment steps (agent steps summed over envs)", check=AT_LEAST_1, resume=True)
+    eval_interval: int = arg(100_000, "evaluate every this many steps (and at the end)", check=AT_LEAST_1)
+    eval_episodes: int = arg(20, "episodes per evaluation", check=AT_LEAST_1)
+    eval_envs: int = arg(8, "parallel evaluation envs", check=AT_LEAST_1)
+    num_envs: int = arg(64, "parallel training envs", check=AT_LEAST_1)
+    history_length: int = arg(4, "frames stacked into one observation", check=AT_LEAST_1)
     seed: int = arg(42, "random seed")
-    device: str = arg("auto", "auto, cpu or cuda[:N]")
-    save_interval: float = arg(10.0, "also save last.pth every this many minutes")
-    resume: str = arg("", "continue the run in this logdir (its last.pth) or from this checkpoint")
-    stop_after: int = arg(0, "stop cleanly once this many steps are done, to go on later with --resume (0: never)")
-    max_env_crashes: int = arg(3, "restart crashed env workers up to this many times, then stop the run")
-    max_bad_updates: int = arg(3, "stop after this many consecutive updates whose every minibatch was non-finite")
-    dist_timeout: float = arg(30.0, "torchrun: minutes a rank waits for the others before the job fails")
+    device: str = arg("auto", "auto, cpu or cuda[:N]", resume=True)
+    save_interval: float = arg(10.0, "also save last.pth every this many minutes", check=POSITIVE, resume=True)
+    resume: str = arg(
+        "", "continue the run in this logdir (its last.pth) or from this checkpoint", resume=True, invocation=True
+    )
+    stop_after: int = arg(
+        0,
+        "stop cleanly once this many steps are done, to go on later with --resume (0: never)",
+        check=NON_NEGATIVE,
+        resume=True,
+        invocation=True,
+    )
+    max_env_crashes: int = arg(
+        3, "restart crashed env workers up to this many times, then stop the run", check=NON_NEGATIVE, resume=True
+    )
+    max_bad_updates: int = arg(
+        3,
+        "stop after this many consecutive updates whose every minibatch was non-finite",
+        check=AT_LEAST_1,
+        resume=True,
+    )
+    dist_timeout: float = arg(
+        30.0, "torchrun: minutes a rank waits for the others before the job fails", check=POSITIVE, resume=True
+    )
     # policy
     backbone: str = arg("tf_efficientnetv2_s.in21k_ft_in1k", "any timm model, or nature_cnn / impala_cnn")
     pretrained: bool = arg(True, "load the backbone's pretrained weights when they can be had")
     pretrained_file: str = arg("", "load backbone weights from this local file instead of the hub")
     freeze_backbone: bool = arg(True, "keep backbone weights fixed; train only the heads")
-    head_hidden: int = arg(256, "width of the 3-layer policy and value heads (0: one linear layer each)")
+    head_hidden: int = arg(
+        256, "width of the 3-layer policy and value heads (0: one linear layer each)", check=NON_NEGATIVE
+    )
     feature_norm: bool = arg(True, "LayerNorm on the backbone features, so the heads see unit scale")
-    trunk_hidden: int = arg(0, "a shared dense layer (ReLU) of this width before the heads (0: none)")
+    trunk_hidden: int = arg(
+        0, "a shared dense layer (ReLU) of this width before the heads (0: none)", check=NON_NEGATIVE
+    )
     value_norm: bool = arg(False, "the value head predicts normalized returns (EWMA statistics of the targets)")
-    image_size: int = arg(0, "resize frames to N x N before the backbone (0: native size; ImageNet nets like ~224)")
+    image_size: int = arg(
+        0, "resize frames to N x N before the backbone (0: native size; ImageNet nets like ~224)", check=NON_NEGATIVE
+    )
     recurrent: str = arg("none", "recurrent core between the trunk and the heads", choices=("none", "gru", "lstm"))
-    recurrent_size: int = arg(256, "units of the recurrent core")
+    recurrent_size: int = arg(256, "units of the recurrent core", check=AT_LEAST_1)
     precision: str = arg(
         "auto",
         "the backbone's arithmetic: auto (bf16 autocast on CPUs with native bf16, else fp32; TF32 on GPUs), bf16, fp32",
         choices=PRECISIONS,
+        resume=True,
     )
-    compile: bool = arg(False, "torch.compile the backbone (compiles for a minute or more; for long GPU runs)")
-    cuda_graph: bool = arg(True, "on CUDA, run the rollout policy step as one captured CUDA graph (not with --compile)")
+    compile: bool = arg(
+        False, "torch.compile the backbone (compiles for a minute or more; for long GPU runs)", resume=True
+    )
+    cuda_graph: bool = arg(
+        True, "on CUDA, run the rollout policy step as one captured CUDA graph (not with --compile)", resume=True
+    )
     # PPO
-    lr: float = arg(3e-4, "Adam learning rate")
+    lr: float = arg(3e-4, "Adam learning rate", check=POSITIVE)
     lr_schedule: str = arg("linear", "learning-rate schedule", choices=("constant", "linear", "cosine"))
-    num_steps: int = arg(128, "rollout length per env per update")
-    update_epochs: int = arg(4, "PPO epochs per rollout")
-    num_minibatches: int = arg(8, "minibatches per epoch")
-    gamma: float = arg(0.99, "discount factor")
-    gae_lambda: float = arg(0.95, "GAE lambda")
-    clip_coef: float = arg(0.2, "PPO ratio clip (also the value clip)")
+    num_steps: int = arg(128, "rollout length per env per update", check=AT_LEAST_1)
+    update_epochs: int = arg(4, "PPO epochs per rollout", check=AT_LEAST_1)
+    num_minibatches: int = arg(8, "minibatches per epoch", check=AT_LEAST_1)
+    gamma: float = arg(0.99, "discount factor", check=DISCOUNT)
+    gae_lambda: float = arg(0.95, "GAE lambda", check=UNIT_INTERVAL)
+    clip_coef: float = arg(0.2, "PPO ratio clip (also the value clip)", check=POSITIVE)
     clip_vloss: bool = arg(True, "clip the value loss around the rollout values")
-    ent_coef: float = arg(0.01, "entropy bonus coefficient")
-    vf_coef: float = arg(0.5, "value loss coefficient")
-    max_grad_norm: float = arg(0.5, "global gradient norm clip")
-    target_kl: float | None = arg(None, "stop the epochs early when approx KL exceeds this (none: never)")
+    ent_coef: float = arg(0.01, "entropy bonus coefficient", check=NON_NEGATIVE)
+    vf_coef: float = arg(0.5, "value loss coefficient", check=NON_NEGATIVE)
+    max_grad_norm: float = arg(0.5, "global gradient norm clip", check=POSITIVE)
+    target_kl: float | None = arg(
+        None, "stop the epochs early when approx KL exceeds this (none: never)", check=POSITIVE_OR_NONE
+    )
     adv_norm: str = arg(
         "minibatch",
         "normalize advantages per minibatch, over the whole batch, or not",
@@ -101,46 +154,47 @@ class Config:
         "DrAC: regularize the policy and value on augmented frames (the PPO loss stays clean)",
         choices=AUGMENTATIONS,
     )
-    drac_coef: float = arg(0.1, "weight of DrAC's two regularizers (the paper's alpha_r)")
-    adam_eps: float = arg(1e-5, "Adam epsilon (CleanRL and openai/baselines: 1e-5; PyTorch's default: 1e-8)")
+    drac_coef: float = arg(0.1, "weight of DrAC's two regularizers (the paper's alpha_r)", check=NON_NEGATIVE)
+    adam_eps: float = arg(
+        1e-5, "Adam epsilon (CleanRL and openai/baselines: 1e-5; PyTorch's default: 1e-8)", check=POSITIVE
+    )
     reward_scaling: str = arg(
         "auto",
         "training rewards: auto (Atari sign, Procgen normalize, Crafter none)",
         choices=("auto", "none", "sign", "normalize"),
     )
-    reward_norm_gamma: float | None = arg(None, "discount of the return whose std normalizes rewards (none: --gamma)")
+    reward_norm_gamma: float | None = arg(
+        None, "discount of the return whose std normalizes rewards (none: --gamma)", check=DISCOUNT_OR_NONE
+    )
     # game options
     distribution_mode: str = arg("easy", "Procgen distribution mode", choices=PROCGEN_MODES)
-    start_level: int = arg(0, "Procgen: first training level")
-    num_levels: int = arg(200, "Procgen: training levels (0: unlimited); evaluation in training: the 1000 after them")
+    start_level: int = arg(0, "Procgen: first training level", check=NON_NEGATIVE)
+    num_levels: int = arg(
+        200, "Procgen: training levels (0: unlimited); evaluation in training: the 1000 after them", check=NON_NEGATIVE
+    )
     episodic_life: bool = arg(True, "Atari: a lost life ends the training episode (never in evaluation)")
-    sticky_actions: float = arg(0.0, "Atari: repeat-action probability (0.25 is the v5 protocol)")
+    sticky_actions: float = arg(0.0, "Atari: repeat-action probability (0.25 is the v5 protocol)", check=PROBABILITY)
     # logging
-    eval_video: bool = arg(True, "record one evaluation episode as a video (logdir/videos and wandb)")
-    video_every: int = arg(1, "record the video at every this many-th evaluation")
-    video_frames: int = arg(500, "longest evaluation video in frames")
-    progress_interval: float = arg(30.0, "seconds between progress lines when not on a terminal")
+    eval_video: bool = arg(True, "record one evaluation episode as a video (logdir/videos and wandb)", resume=True)
+    video_every: int = arg(1, "record the video at every this many-th evaluation", check=AT_LEAST_1, resume=True)
+    video_frames: int = arg(500, "longest evaluation video in frames", check=AT_LEAST_1, resume=True)
+    progress_interval: float = arg(
+        30.0, "seconds between progress lines when not on a terminal", check=POSITIVE, resume=True
+    )
     tensorboard: bool = arg(False, "also write TensorBoard event files to logdir/tensorboard")
     wandb_mode: str = arg(
         "auto",
         "auto: online with a key or login, else offline in the logdir",
         choices=("auto", "online", "offline", "disabled"),
+        resume=True,
     )
-    wandb_project: str = arg("pixelppo", "wandb project")
-    wandb_entity: str = arg("", "wandb entity (team or user)")
-    wandb_key: str = arg("", "wandb API key (never written to disk)")
+    wandb_project: str = arg("pixelppo", "wandb project", resume=True)
+    wandb_entity: str = arg("", "wandb entity (team or user)", resume=True)
+    wandb_key: str = arg("", "wandb API key (never written to disk)", resume=True, invocation=True, secret=True)
 
     @property
     def batch_size(self) -> int:
         return self.num_envs * self.num_steps
-
-    @property
-    def minibatch_size(self) -> int:
-        return self.batch_size // self.num_minibatches
-
-    @property
-    def num_updates(self) -> int:
-        return max(1, math.ceil(self.steps / self.batch_size))
 
     @property
     def family(self) -> str:
@@ -155,7 +209,7 @@ class Config:
 
     def public_dict(self) -> dict:
         """The resolved config without secrets, as written to checkpoints and wandb."""
-        return {k: v for k, v in asdict(self).items() if k != "wandb_key"}
+        return {k: v for k, v in asdict(self).items() if k not in SECRETS}
 
     def run_file_dict(self) -> dict:
         """What `config.yaml` holds: every setting of the run, without what one invocation does."""
@@ -165,7 +219,7 @@ class Config:
     def from_checkpoint(cls, saved: dict, where: str) -> Config:
         """A checkpoint's config as a typed Config; a field this version does not know fails loudly."""
         try:
-            return cls(**{k: v for k, v in upgrade_legacy(saved).items() if k != "wandb_key"})
+            return cls(**{k: v for k, v in upgrade_legacy(saved).items() if k not in SECRETS})
         except TypeError as e:
             raise UsageError(f"{where}: config does not match this pixelppo version ({e})") from None
 
@@ -178,17 +232,10 @@ def upgrade_legacy(values: dict) -> dict:
     return {"precision": "bf16" if values["amp"] else "fp32"} | rest
 
 
-# What one invocation does rather than what the run is: never written to config.yaml.
-INVOCATION_ONLY = {"logdir", "config", "resume", "overwrite", "stop_after", "wandb_key"}
-
-# Flags that may differ from the checkpoint's config when resuming; everything else is the run's own.
-RESUME_OVERRIDES = {
-    "resume", "steps", "stop_after", "device", "save_interval", "max_env_crashes", "max_bad_updates",
-    "wandb_mode", "wandb_project", "wandb_entity", "wandb_key", "overwrite", "eval_video", "video_every",
-    "video_frames", "progress_interval", "precision", "compile", "cuda_graph", "dist_timeout",
-}  # fmt: skip
-
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+INVOCATION_ONLY = {name for name, f in FIELDS.items() if f.metadata["invocation"]}
+RESUME_OVERRIDES = {name for name, f in FIELDS.items() if f.metadata["resume"]}
+SECRETS = {name for name, f in FIELDS.items() if f.metadata["secret"]}
 
 
 # ------------------------------------------------------------------------------------------ flags
@@ -251,7 +298,7 @@ def read_run_file(path: str | os.PathLike) -> dict:
 
 def checked_value(path, key, value):
     """`value` of `key` from run file `path`, converted to the field's type or rejected."""
-    if key not in FIELDS or key in ("config", "wandb_key"):
+    if key not in FIELDS or key == "config" or key in SECRETS:
         close = difflib.get_close_matches(str(key), FIELDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else "; the README lists every key"
         raise UsageError(f"{path}: unknown key {key!r}{hint}")
@@ -362,44 +409,6 @@ def resumed_config(given: dict, saved: dict, checkpoint: Path) -> Config:
 
 # ------------------------------------------------------------------------------------- validation
 
-# (field, is the value allowed, what is allowed)
-RULES = [
-    ("steps", lambda v: v >= 1, "at least 1"),
-    ("num_envs", lambda v: v >= 1, "at least 1"),
-    ("num_steps", lambda v: v >= 1, "at least 1"),
-    ("history_length", lambda v: v >= 1, "at least 1"),
-    ("eval_interval", lambda v: v >= 1, "at least 1"),
-    ("eval_episodes", lambda v: v >= 1, "at least 1"),
-    ("eval_envs", lambda v: v >= 1, "at least 1"),
-    ("update_epochs", lambda v: v >= 1, "at least 1"),
-    ("num_minibatches", lambda v: v >= 1, "at least 1"),
-    ("head_hidden", lambda v: v >= 0, "0 or more"),
-    ("trunk_hidden", lambda v: v >= 0, "0 or more"),
-    ("image_size", lambda v: v >= 0, "0 or more"),
-    ("recurrent_size", lambda v: v >= 1, "at least 1"),
-    ("adam_eps", lambda v: v > 0, "positive"),
-    ("reward_norm_gamma", lambda v: v is None or 0 < v <= 1, "in (0, 1] or none"),
-    ("lr", lambda v: v > 0, "positive"),
-    ("gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("clip_coef", lambda v: v > 0, "positive"),
-    ("max_grad_norm", lambda v: v > 0, "positive"),
-    ("ent_coef", lambda v: v >= 0, "0 or more"),
-    ("vf_coef", lambda v: v >= 0, "0 or more"),
-    ("target_kl", lambda v: v is None or v > 0, "positive or none"),
-    ("sticky_actions", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-    ("start_level", lambda v: v >= 0, "0 or more"),
-    ("num_levels", lambda v: v >= 0, "0 or more"),
-    ("save_interval", lambda v: v > 0, "positive"),
-    ("stop_after", lambda v: v >= 0, "0 or more"),
-    ("max_env_crashes", lambda v: v >= 0, "0 or more"),
-    ("max_bad_updates", lambda v: v >= 1, "at least 1"),
-    ("dist_timeout", lambda v: v > 0, "positive"),
-    ("video_every", lambda v: v >= 1, "at least 1"),
-    ("video_frames", lambda v: v >= 1, "at least 1"),
-    ("progress_interval", lambda v: v > 0, "positive"),
-]
-
 
 def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
     """Reject impossible settings before anything starts; messages name the flag or file a value came from."""
@@ -410,7 +419,8 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
         return f"{source} {getattr(cfg, key)}" if source.startswith("--") else f"{source}: {key} = {getattr(cfg, key)}"
 
     parse_env_id(cfg.env)
-    for key, ok, allowed in RULES:
+    for key, f in FIELDS.items():
+        ok, allowed = f.metadata["check"] or (lambda v: True, "")
         if not ok(getattr(cfg, key)):
             raise UsageError(f"{where(key)}: must be {allowed}")
     if cfg.batch_size % cfg.num_minibatches or cfg.num_minibatches > cfg.batch_size:

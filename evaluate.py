@@ -96,7 +96,8 @@ def run_episodes(
     was_training = policy.training
     policy.eval()
     obs = envs.reset()
-    state, starts = policy.initial_state(envs.num_envs), torch.ones(envs.num_envs, dtype=torch.bool, device=device)
+    memory = policy.fresh_memory(envs.num_envs)
+    state, starts = memory.state, memory.starts
     if video_frames:
         frames.append(envs.render(0))
     while (done < quotas).any():

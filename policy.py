@@ -10,7 +10,7 @@ import math
 import os
 import socket
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 from itertools import pairwise
 from typing import NamedTuple
 
@@ -337,6 +337,7 @@ class PolicySpec:
     obs_shape: tuple[int, int, int]  # (K*C, H, W)
     frame_channels: int
     num_actions: int
+    _: KW_ONLY  # the network's settings by name
     head_hidden: int = 256
     freeze_backbone: bool = True
     feature_norm: bool = True  # LayerNorm on the backbone features
@@ -456,6 +457,15 @@ class Act(NamedTuple):
     state: torch.Tensor | None  # (B, S) the recurrent state after this step; None without a recurrent core
 
 
+@dataclass
+class Memory:
+    """What a policy carries from one env step to the next: its recurrent state (N, S) (None without a recurrent
+    core) and which observations begin an episode (N,) bool. `ActorCritic.fresh_memory` makes the first."""
+
+    state: torch.Tensor | None
+    starts: torch.Tensor
+
+
 class ActorCritic(nn.Module):
     """uint8 frame stacks -> backbone features -> [LayerNorm] -> [shared trunk] -> policy (logits) and value heads.
 
@@ -519,9 +529,22 @@ class ActorCritic(nn.Module):
         """A frozen backbone maps each observation to fixed features: compute them once per rollout."""
         return self.cache_features
 
-    def initial_state(self, batch: int) -> torch.Tensor | None:
-        """The recurrent state of `batch` envs before their first step (None without a recurrent core)."""
-        return None if self.core is None else self.core.initial_state(batch, self.pixel_scale.device)
+    @property
+    def recurrent(self) -> bool:
+        """Whether a recurrent core carries state from step to step (--recurrent)."""
+        return self.core is not None
+
+    @property
+    def state_size(self) -> int:
+        """Size S of the recurrent state (B, S); 0 without a recurrent core."""
+        return 0 if self.core is None else self.core.state_size
+
+    def fresh_memory(self, num_envs: int) -> Memory:
+        """The memory of `num_envs` envs before their first step: every observation begins an episode, and the
+        recurrent state (None without a core) is zero."""
+        device = self.pixel_scale.device
+        state = self.core.initial_state(num_envs, device) if self.recurrent else None
+        return Memory(state, torch.ones(num_envs, dtype=torch.bool, device=device))
 
     def heads(
         self, features: torch.Tensor, state: torch.Tensor | None = None, starts: torch.Tensor | None = None
@@ -530,7 +553,7 @@ class ActorCritic(nn.Module):
         and the recurrent state after this step. With a recurrent core, features may also be sequences
         (T, B, F) with starts (T, B); outputs are then (T, B, ...)."""
         latent = self.trunk(self.feature_norm(features))
-        if self.core is not None:
+        if self.recurrent:
             single = latent.dim() == 2
             if single:
                 latent, starts = latent[None], starts[None]
@@ -552,9 +575,10 @@ class ActorCritic(nn.Module):
 
     def fill_memory(self, obs: torch.Tensor, state, starts) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Default memory for a recurrent policy called without one: a fresh episode."""
-        if self.core is None or state is not None:
+        if not self.recurrent or state is not None:
             return state, starts
-        return self.initial_state(len(obs)), torch.ones(len(obs), dtype=torch.bool, device=obs.device)
+        memory = self.fresh_memory(len(obs))
+        return memory.state, memory.starts
 
     def act(
         self,
@@ -600,7 +624,7 @@ class ActorCritic(nn.Module):
         """features (B, F) of an update's minibatch -> logits (B, A), value (B,) in the value head's units. A
         recurrent policy re-runs whole env sequences: B = T * n time-major, from `state` (n, S) at step 0, with
         `starts` (B,) where episodes begin."""
-        if self.core is not None:
+        if self.recurrent:
             n = len(state)
             features, starts = features.view(-1, n, features.shape[-1]), starts.view(-1, n)
         logits, value, _ = self.heads(features, state, starts)

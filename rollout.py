@@ -1,7 +1,7 @@
 """Collecting a rollout: the policy acts in the vector envs and every step goes into the buffer.
 
-Data flows one way: env -> policy acts -> buffer. `Memory` is what the policy carries from one step to the next
-(recurrent state, episode starts); `HostToDevice` moves observations to the policy's device; `PolicyStep` is the
+Data flows one way: env -> policy acts -> buffer, the policy carrying its `Memory` (recurrent state, episode
+starts) from step to step; `HostToDevice` moves observations to the policy's device; `PolicyStep` is the
 policy's step, replayed as one CUDA graph on a GPU.
 """
 
@@ -9,27 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from buffer import RewardScaler, RolloutBuffer
 from env import VecEnv
-from policy import Act, ActorCritic
-
-
-@dataclass
-class Memory:
-    """What a policy carries from one env step to the next: its recurrent state (N, S) (None without a
-    recurrent core) and which observations begin an episode (N,) bool."""
-
-    state: torch.Tensor | None
-    starts: torch.Tensor
-
-    @classmethod
-    def fresh(cls, policy: ActorCritic, num_envs: int, device: torch.device) -> Memory:
-        return cls(policy.initial_state(num_envs), torch.ones(num_envs, dtype=torch.bool, device=device))
+from policy import Act, ActorCritic, Memory
 
 
 class HostToDevice:

@@ -24,6 +24,7 @@ from augment import COLOUR_AUGMENTATIONS
 from buffer import RewardScaler, RolloutBuffer
 from checkpoint import (
     CheckpointError,
+    RunState,
     atomic_write,
     load_checkpoint,
     resolve_checkpoint_path,
@@ -48,8 +49,8 @@ from distributed import Ranks
 from env import EnvCrashError, VecEnv, cpus_per_process, make_vec_env
 from errors import UsageError
 from evaluate import EvalResult, EvalStats, eval_row, make_eval_env, run_episodes, selection_score
-from policy import ActorCritic, PolicySpec
-from rollout import HostToDevice, Memory, PolicyStep, collect_rollout
+from policy import ActorCritic, Memory, PolicySpec
+from rollout import HostToDevice, PolicyStep, collect_rollout
 from runlog import EpisodeLog, Progress, RunLogger, prepare_logdir, truncate_metrics
 from visuals import plot_learning_curve, write_video
 
@@ -107,19 +108,43 @@ def make_train_env(cfg: Config, rank: int = 0) -> VecEnv:
     )
 
 
-def make_policy_spec(cfg: Config, envs: VecEnv) -> PolicySpec:
-    """The network a run's settings describe, for the envs' observations and actions."""
-    return PolicySpec(
-        cfg.backbone, envs.obs_shape, envs.frame_channels, envs.num_actions, cfg.head_hidden, cfg.freeze_backbone,
-        cfg.feature_norm, cfg.trunk_hidden, cfg.value_norm, cfg.image_size, cfg.recurrent, cfg.recurrent_size,
+def build_policy(
+    cfg: Config, envs: VecEnv, device: torch.device, precision: str, load_pretrained: bool, warn: bool
+) -> ActorCritic:
+    """The network the run's settings describe, for the envs' frames and actions, set up for training: its
+    arithmetic, `--compile`, and no feature cache where the update needs frames (`--augment`). `warn`: this
+    process reports what the settings imply."""
+    spec = PolicySpec(
+        cfg.backbone, envs.obs_shape, envs.frame_channels, envs.num_actions, head_hidden=cfg.head_hidden,
+        freeze_backbone=cfg.freeze_backbone, feature_norm=cfg.feature_norm, trunk_hidden=cfg.trunk_hidden,
+        value_norm=cfg.value_norm, image_size=cfg.image_size, recurrent=cfg.recurrent,
+        recurrent_size=cfg.recurrent_size,
     )  # fmt: skip
+    if cfg.augment in COLOUR_AUGMENTATIONS and spec.frame_channels != 3:
+        raise UsageError(
+            f"--augment {cfg.augment} needs RGB frames; {cfg.env} gives {spec.frame_channels}-channel ones"
+        )
+    policy = ActorCritic(spec, load_pretrained, cfg.pretrained_file if load_pretrained else "").to(device)
+    policy.precision = precision
+    if cfg.compile:
+        policy.backbone.compile()  # in place: checkpoints keep the plain parameter names
+    if cfg.augment != "none":
+        if policy.caches_features and warn:
+            warnings.warn(
+                f"--augment {cfg.augment} with a frozen backbone: the update must see augmented frames, so the "
+                "backbone's features are no longer cached (it runs in every epoch)",
+                stacklevel=2,
+            )
+        policy.cache_features = False
+    return policy
 
 
 def make_buffer(cfg: Config, policy: ActorCritic, envs: VecEnv, device: torch.device) -> RolloutBuffer:
+    """Storage for one rollout of these envs: frames or, with a frozen backbone, its features; the recurrent
+    state at step 0 when the policy has one."""
     feature_dim = policy.feature_dim if policy.caches_features else None
-    state_size = policy.core.state_size if policy.core is not None else 0
     return RolloutBuffer(
-        cfg.num_steps, cfg.num_envs, envs.obs_shape, device, feature_dim, envs.frame_channels, state_size
+        cfg.num_steps, envs.num_envs, envs.obs_shape, device, feature_dim, envs.frame_channels, policy.state_size
     )
 
 
@@ -152,6 +177,7 @@ class Trainer:
             write_run_file(cfg, self.logdir / "config.yaml", f"precision {note} on this machine")
 
         self.envs = envs or make_train_env(cfg, self.ranks.rank)
+        num_envs = self.envs.num_envs  # this rank's: the envs, not the settings, size what the loop keeps
         # evaluation only runs between updates: a quarter of the cores' worker processes (~100 MB each) do
         eval_workers = max(1, cpus_per_process() // 4)
         self.eval_envs = (
@@ -160,14 +186,13 @@ class Trainer:
             else eval_envs
             or make_eval_env(cfg, min(cfg.eval_envs, cfg.eval_episodes), cfg.seed, num_workers=eval_workers)
         )
-        self.spec = make_policy_spec(cfg, self.envs)
-        if cfg.augment in COLOUR_AUGMENTATIONS and self.spec.frame_channels != 3:
+        try:  # a resumed run's weights come from its checkpoint
+            load_pretrained = cfg.pretrained and resume is None
+            self.policy = build_policy(cfg, self.envs, self.device, self.precision, load_pretrained, warn=main)
+        except UsageError:
             self.envs.close()
-            raise UsageError(
-                f"--augment {cfg.augment} needs RGB frames; {cfg.env} gives {self.spec.frame_channels}-channel ones"
-            )
-        pretrained = cfg.pretrained and resume is None  # a resumed run's weights come from its checkpoint
-        self.policy = ActorCritic(self.spec, pretrained, cfg.pretrained_file if pretrained else "").to(self.device)
+            raise
+        self.spec = self.policy.spec
         self.ranks.broadcast_parameters(self.policy)  # one starting point (pretrained weights load on every rank)
         if self.ranks.rank:
             torch.manual_seed(cfg.seed + self.ranks.rank)  # each rank samples its own actions
@@ -178,143 +203,32 @@ class Trainer:
                 "heads learn; give --pretrained-file, or train the backbone with --no-freeze-backbone",
                 stacklevel=2,
             )
-        self.policy.precision = self.precision
-        if cfg.compile:
-            self.policy.backbone.compile()  # in place: checkpoints keep the plain parameter names
-        if cfg.augment != "none":
-            if self.policy.caches_features and main:
-                warnings.warn(
-                    f"--augment {cfg.augment} with a frozen backbone: the update must see augmented frames, so "
-                    "the backbone's features are no longer cached (it runs in every epoch)",
-                    stacklevel=2,
-                )
-            self.policy.cache_features = False
         # each rank draws its own minibatch orders and augmentation offsets (rank 0: those of one process)
         self.ppo = PPO(self.policy, cfg, seed=cfg.seed + self.ranks.rank, ranks=self.ranks)
         self.buffer = make_buffer(cfg, self.policy, self.envs, self.device)
         self.to_device = HostToDevice(self.device)
-        self.policy_step = PolicyStep(self.policy, self.envs.num_envs, self.device, cfg.cuda_graph and not cfg.compile)
+        self.policy_step = PolicyStep(self.policy, num_envs, self.device, cfg.cuda_graph and not cfg.compile)
         reduce = self.ranks.sum if self.ranks.active else None  # every rank normalizes with all envs' statistics
-        self.scaler = RewardScaler(cfg.reward_mode, cfg.num_envs, cfg.reward_norm_gamma or cfg.gamma, reduce=reduce)
+        self.scaler = RewardScaler(cfg.reward_mode, num_envs, cfg.reward_norm_gamma or cfg.gamma, reduce=reduce)
         self.history = EvalStats(self.logdir)
         self.episodes = EpisodeLog()
 
-        self.global_batch = cfg.batch_size * self.ranks.world  # steps of one update, all ranks together
+        self.global_batch = cfg.num_steps * num_envs * self.ranks.world  # steps of one update, all ranks together
         self.num_updates = max(1, math.ceil(cfg.steps / self.global_batch))
-        self.global_step = self.update = self.bad_updates = self.evaluations = 0
+        self.state = RunState(next_eval=cfg.eval_interval)
         self.pending_update = False  # a rollout is collected and its update was cut short by a stop signal
-        self.best_score, self.last_score = -math.inf, None
-        self.next_eval = cfg.eval_interval
-        self.timing = {"env": 0.0, "inference": 0.0, "update": 0.0}
-        self.elapsed_before = 0.0  # seconds spent by the run before this process (resume)
-        self.memory = Memory.fresh(self.policy, cfg.num_envs, self.device)
+        self.memory = self.policy.fresh_memory(num_envs)
         self.obs = self.restore(resume) if resume else self.envs.reset()
         info = {"pretrained_loaded": self.pretrained_loaded, "precision_used": self.precision}
         wandb_id = resume["resume"]["wandb_id"] if resume else None
         self.logger = RunLogger(cfg, self.logdir, wandb_id, info, enabled=main)
         self.stop = StopSignal()
         self.start = time.time()
-        self.steps_at_start = self.global_step
+        self.steps_at_start = self.state.global_step
         total = self.num_updates * self.global_batch
-        self.progress = Progress(total, self.global_step, cfg.progress_interval, quiet=not main)
-
-    # ---------------------------------------------------------------------------- checkpoints
-
-    def local_state(self, with_env_state: bool) -> dict:
-        """What this rank alone has: its games, observations, recurrent memory, reward sums and RNG streams."""
-        env_state = self.envs.get_state() if with_env_state else None
-        state = None if self.memory.state is None else self.memory.state.cpu()
-        return {
-            "rng": rng_state(self.ppo.generator, self.device),
-            "reward_scaler": self.scaler.state_dict(),
-            "obs": torch.from_numpy(self.obs.copy()),
-            "memory": {"state": state, "starts": self.memory.starts.cpu()},
-            "env_state": to_tensors(env_state),
-            "pending_rollout": self.buffer.state_dict() if self.pending_update else None,  # stopped mid-update
-        }
-
-    def checkpoint_payload(self, ranks: list[dict]) -> dict:
-        return {
-            "config": self.cfg.public_dict(),
-            "policy_spec": self.spec.to_dict(),
-            "model": self.policy.state_dict(),
-            "optimizer": self.ppo.optimizer.state_dict(),
-            "global_step": self.global_step,
-            "pretrained_loaded": self.pretrained_loaded,
-            "precision_used": self.precision,
-            "best_eval_score": self.best_score,
-            "eval_score": self.last_score,
-            "resume": {
-                "update": self.update,
-                "next_eval": self.next_eval,
-                "bad_updates": self.bad_updates,
-                "evaluations": self.evaluations,
-                "timing": self.timing,
-                "elapsed": self.elapsed(),
-                "episodes": self.episodes.state_dict(),
-                "ranks": ranks,  # local_state() of every rank, in rank order
-                "wandb_id": self.logger.wandb_id,
-            },
-        }
-
-    def save(self, name: str, with_env_state: bool = True) -> bool:
-        """Write a checkpoint atomically (rank 0, with every rank's own state); a failed write (disk full...)
-        keeps the previous file and is reported, never fatal."""
-        ranks = self.ranks.gather(self.local_state(with_env_state))
-        if not self.ranks.is_main:
-            return True
-        path = self.logdir / name
-        try:
-            save_checkpoint(path, self.checkpoint_payload(ranks))
-            return True
-        except OSError as e:
-            warnings.warn(f"could not write {path} ({e.strerror or e}); the previous file is intact", stacklevel=2)
-            return False
-
-    def restore(self, payload: dict) -> np.ndarray:
-        """Continue from a checkpoint: weights, optimizer, counters, RNGs, reward statistics, game state.
-        -> the obs to continue from."""
-        try:
-            self.policy.load_state_dict(payload["model"])
-            self.ppo.optimizer.load_state_dict(payload["optimizer"])
-            state = payload["resume"]
-            ranks = state["ranks"]
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{self.cfg.resume} cannot be resumed: {str(e).splitlines()[0][:200]}") from e
-        if len(ranks) != self.ranks.world:
-            raise UsageError(
-                f"{self.cfg.resume} was written by {len(ranks)} process(es), not {self.ranks.world}: resume it with "
-                f"as many (torchrun --nproc_per_node {len(ranks)}, or plain python for 1)"
-            )
-        mine = ranks[self.ranks.rank]
-        self.global_step, self.update = payload["global_step"], state["update"]
-        self.best_score, self.last_score = payload["best_eval_score"], payload["eval_score"]
-        self.next_eval, self.bad_updates = state["next_eval"], state["bad_updates"]
-        self.evaluations = state["evaluations"]
-        self.timing, self.elapsed_before = dict(state["timing"]), state["elapsed"]
-        set_rng_state(mine["rng"], self.ppo.generator, self.device)
-        self.scaler.load_state_dict(mine["reward_scaler"])
-        self.episodes.load_state_dict(state["episodes"])
-        self.pending_update = mine.get("pending_rollout") is not None
-        if self.pending_update:
-            self.buffer.load_state_dict(mine["pending_rollout"])
-        memory = mine["memory"]["state"]
-        self.memory = Memory(
-            None if memory is None else memory.to(self.device), mine["memory"]["starts"].to(self.device)
-        )
-        if self.ranks.is_main:
-            self.history.load(self.global_step)
-            truncate_metrics(self.logdir / "metrics.jsonl", self.global_step)
-            print(f"resuming {self.logdir} at step {self.global_step:,}")
-        if mine["env_state"] is None:
-            warnings.warn(f"{self.cfg.env} game state cannot be saved: the resumed run starts new games", stacklevel=2)
-            return self.envs.reset()
-        return self.envs.set_state(to_arrays(mine["env_state"]))
+        self.progress = Progress(total, self.state.global_step, cfg.progress_interval, quiet=not main)
 
     # ---------------------------------------------------------------------------------- loop
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.time() - self.start
 
     def run(self) -> dict:
         """Train until --steps (or --stop-after, or a signal); -> summary, also in `summary.json`."""
@@ -329,7 +243,7 @@ class Trainer:
         stop_reason = None
         try:
             with self.stop:
-                while self.update < self.num_updates:
+                while self.state.update < self.num_updates:
                     if not (self.learn([]) if self.pending_update else self.train_one_update()):
                         stop_reason = self.signal_name()
                         break
@@ -340,9 +254,10 @@ class Trainer:
                     if self.ranks.any(time.time() - last_save > cfg.save_interval * 60):
                         self.save("last.pth")
                         last_save = time.time()
-                    first_or_last = self.update - 1 == self.steps_at_start // self.global_batch
-                    self.show_progress("collecting", force=first_or_last or self.update == self.num_updates)
-                    if cfg.stop_after and self.global_step >= cfg.stop_after and self.update < self.num_updates:
+                    first_or_last = self.state.update - 1 == self.steps_at_start // self.global_batch
+                    self.show_progress("collecting", force=first_or_last or self.state.update == self.num_updates)
+                    state = self.state
+                    if cfg.stop_after and state.global_step >= cfg.stop_after and state.update < self.num_updates:
                         stop_reason = f"--stop-after {cfg.stop_after:,}"
                         break
             self.save("last.pth")
@@ -352,26 +267,15 @@ class Trainer:
             saved = self.save("last.pth", with_env_state=False)
             raise TrainingError(f"{e}; {'saved' if saved else 'could not save'} {self.logdir / 'last.pth'}") from e
         except KeyboardInterrupt:
-            print(f"stopped at once at step {self.global_step:,}; last.pth is from the last save", file=sys.stderr)
+            step = self.state.global_step
+            print(f"stopped at once at step {step:,}; last.pth is from the last save", file=sys.stderr)
             raise
         finally:
             self.close()
         if stop_reason:
-            self.say(f"stopped ({stop_reason}) at step {self.global_step:,}; continue with --resume {self.logdir}")
+            step = self.state.global_step
+            self.say(f"stopped ({stop_reason}) at step {step:,}; continue with --resume {self.logdir}")
         return self.write_summary(stop_reason)
-
-    def say(self, message: str) -> None:
-        """One line on stdout, from rank 0 only."""
-        if self.ranks.is_main:
-            print(message, flush=True)
-
-    def stopping(self) -> bool:
-        """A stop signal reached this rank or any other: all ranks stop at the same step."""
-        return self.ranks.any(self.stop())
-
-    def signal_name(self) -> str:
-        """The signal that stopped the run, whichever rank received it (every rank exits with its code)."""
-        return next(name for name in self.ranks.gather(self.stop.received) if name)
 
     def train_one_update(self) -> bool:
         """Collect one rollout and learn from it; False when a stop signal cut the rollout (it is dropped) or the
@@ -384,11 +288,11 @@ class Trainer:
             self.obs,
             self.memory,
             self.scaler,
-            self.timing,
+            self.state.timing,
             self.to_device,
             self.stopping,
             on_step=lambda t: self.show_progress(
-                "collecting", self.global_step + (t + 1) * self.global_batch // cfg.num_steps
+                "collecting", self.state.global_step + (t + 1) * self.global_batch // cfg.num_steps
             ),
             step=self.policy_step,
         )
@@ -401,30 +305,30 @@ class Trainer:
         the weights, optimizer and minibatch RNG back as they were before this update and keeps the rollout for
         the checkpoint, so that `--resume` repeats the update exactly; -> False then."""
         cfg = self.cfg
-        lr = scheduled_lr(cfg, self.update / self.num_updates)
+        lr = scheduled_lr(cfg, self.state.update / self.num_updates)
         self.ppo.set_lr(lr)
-        self.show_progress("updating", self.global_step + self.global_batch)
+        self.show_progress("updating", self.state.global_step + self.global_batch)
         tic = time.perf_counter()
         before = self.ppo.state()
         with torch.inference_mode():
             last_values = self.policy.value(self.to_device(self.obs), self.memory.state, self.memory.starts)
         self.buffer.compute_advantages(last_values, cfg.gamma, cfg.gae_lambda)
         stats = self.ppo.update(self.buffer, should_stop=self.stopping)
-        self.timing["update"] += time.perf_counter() - tic
+        self.state.timing["update"] += time.perf_counter() - tic
         self.pending_update = stats is None
         if self.pending_update:
             self.ppo.load_state(before)
             return False
-        self.global_step += self.global_batch
-        self.update += 1
+        self.state.global_step += self.global_batch
+        self.state.update += 1
         self.check_finite(stats)
         self.ranks.check_in_sync(self.policy)
 
         metrics = (
             {f"losses/{k}": v for k, v in stats.items()}
             | {"charts/learning_rate": lr, "charts/episodes": self.episodes.count}
-            | {"perf/sps": self.global_step / max(self.elapsed(), 1e-9)}
-            | {f"perf/{k}_seconds": v for k, v in self.timing.items()}
+            | {"perf/sps": self.state.global_step / max(self.elapsed(), 1e-9)}
+            | {f"perf/{k}_seconds": v for k, v in self.state.timing.items()}
             | self.episodes.crafter_metrics()
         )
         if self.episodes.recent_returns:
@@ -432,7 +336,7 @@ class Trainer:
         if finished:
             metrics["charts/episode_return"] = float(np.mean([e.ret for e in finished]))
             metrics["charts/episode_length"] = float(np.mean([e.length for e in finished]))
-        self.logger.log(self.global_step, metrics)
+        self.logger.log(self.state.global_step, metrics)
         return True
 
     def check_finite(self, stats: dict) -> None:
@@ -440,25 +344,26 @@ class Trainer:
         keep failing."""
         if stats["skipped_minibatches"]:
             warnings.warn(
-                f"update {self.update}: skipped {stats['skipped_minibatches']} of {stats['minibatches']} "
+                f"update {self.state.update}: skipped {stats['skipped_minibatches']} of {stats['minibatches']} "
                 "minibatches with a non-finite loss or gradient",
                 stacklevel=2,
             )
         all_bad = stats["skipped_minibatches"] == stats["minibatches"]
-        self.bad_updates = self.bad_updates + 1 if all_bad else 0
-        if self.bad_updates >= self.cfg.max_bad_updates:
+        self.state.bad_updates = self.state.bad_updates + 1 if all_bad else 0
+        if self.state.bad_updates >= self.cfg.max_bad_updates:
             raise TrainingError(
-                f"{self.bad_updates} consecutive updates had only non-finite losses; stopped with the last good weights"
+                f"{self.state.bad_updates} consecutive updates had only non-finite losses; stopped with the last good "
+                "weights"
             )
 
     def maybe_evaluate(self) -> None:
         """Evaluate every --eval-interval steps and at the end (rank 0 plays, every rank learns the outcome);
         keep best_model.pth when the family's published metric improves (Crafter score; mean return elsewhere)."""
         cfg = self.cfg
-        if self.global_step < self.next_eval and self.update < self.num_updates:
+        if self.state.global_step < self.state.next_eval and self.state.update < self.num_updates:
             return
         self.show_progress("evaluating", force=True)
-        record = cfg.eval_video and self.evaluations % cfg.video_every == 0
+        record = cfg.eval_video and self.state.evaluations % cfg.video_every == 0
         result = None
         if self.ranks.is_main:
             result = self.play_evaluation(record)
@@ -466,17 +371,17 @@ class Trainer:
         else:  # beat with rank 0 at each of its evaluation steps until it is done, however long that takes
             while not self.ranks.beat(done=False, stop=self.stop())[0]:
                 pass
-        row = None if result is None else eval_row(result, cfg, self.global_step, self.eval_set_name())
+        row = None if result is None else eval_row(result, cfg, self.state.global_step, self.eval_set_name())
         score = self.ranks.broadcast(None if row is None else selection_score(row))
         if score is None:
             return  # stopping: this evaluation is dropped (a resumed run redoes it); the run saves and exits
-        self.evaluations += 1
-        while self.next_eval <= self.global_step:
-            self.next_eval += cfg.eval_interval
-        self.last_score = score
-        improved = score > self.best_score
+        self.state.evaluations += 1
+        while self.state.next_eval <= self.state.global_step:
+            self.state.next_eval += cfg.eval_interval
+        self.state.last_score = score
+        improved = score > self.state.best_score
         if improved:
-            self.best_score = score
+            self.state.best_score = score
             self.save("best_model.pth")
         if self.ranks.is_main:
             self.report_evaluation(row, result, improved, record)
@@ -505,41 +410,58 @@ class Trainer:
             "eval/mean_return": row["mean_return"],
             "eval/std_return": row["std_return"],
             "eval/mean_length": row["mean_length"],
-            "eval/score": self.last_score,
-            "eval/best_score": self.best_score,
+            "eval/score": self.state.last_score,
+            "eval/best_score": self.state.best_score,
         }
         if "crafter_score" in row:
             metrics["eval/crafter_score"] = row["crafter_score"]
             metrics |= {f"eval/success_{k}": v for k, v in row["success_rates"].items()}
-        self.logger.log(self.global_step, metrics)
+        self.logger.log(self.state.global_step, metrics)
         if record:
-            video = write_video(result.frames, self.logdir / "videos" / f"eval_{self.global_step:09d}.mp4")
-            self.logger.log_video(self.global_step, video)
+            video = write_video(result.frames, self.logdir / "videos" / f"eval_{self.state.global_step:09d}.mp4")
+            self.logger.log_video(self.state.global_step, video)
         plot_learning_curve(self.logdir / "metrics.jsonl", self.logdir / "learning_curve.png", self.cfg.env)
         self.progress.write(
-            f"eval @ {self.global_step:,}: return {row['mean_return']:.2f} +- {row['std_return']:.2f} over "
-            f"{len(result.returns)} episodes, score {self.last_score:.2f}"
+            f"eval @ {self.state.global_step:,}: return {row['mean_return']:.2f} +- {row['std_return']:.2f} over "
+            f"{len(result.returns)} episodes, score {self.state.last_score:.2f}"
             f"{' (new best, saved best_model.pth)' if improved else ''}"
         )
 
     def show_progress(self, phase: str, step: int | None = None, force: bool = False) -> None:
-        step = self.global_step if step is None else step
+        step = self.state.global_step if step is None else step
         sps = (step - self.steps_at_start) / max(time.time() - self.start, 1e-9)
         recent = self.episodes.recent_returns
         ret = f"{np.mean(recent):.2f} ({len(recent)} eps)" if recent else "n/a"
-        best = f"{self.best_score:.2f}" if self.last_score is not None else "n/a"
+        best = f"{self.state.best_score:.2f}" if self.state.last_score is not None else "n/a"
         self.progress.update(step, phase, sps, ret, best, force=force)
 
+    def say(self, message: str) -> None:
+        """One line on stdout, from rank 0 only."""
+        if self.ranks.is_main:
+            print(message, flush=True)
+
+    def elapsed(self) -> float:
+        return self.state.elapsed_before + time.time() - self.start
+
+    def stopping(self) -> bool:
+        """A stop signal reached this rank or any other: all ranks stop at the same step."""
+        return self.ranks.any(self.stop())
+
+    def signal_name(self) -> str:
+        """The signal that stopped the run, whichever rank received it (every rank exits with its code)."""
+        return next(name for name in self.ranks.gather(self.stop.received) if name)
+
     def write_summary(self, stop_reason: str | None) -> dict:
+        best = self.state.best_score
         summary = {
-            "global_step": self.global_step,
+            "global_step": self.state.global_step,
             "finished": stop_reason is None,
             "stopped_by": stop_reason,
-            "best_eval_score": self.best_score if math.isfinite(self.best_score) else None,  # None: no evaluation yet
-            "last_eval_score": self.last_score,
-            "sps": self.global_step / max(self.elapsed(), 1e-9),
+            "best_eval_score": best if math.isfinite(best) else None,  # None: no evaluation yet
+            "last_eval_score": self.state.last_score,
+            "sps": self.state.global_step / max(self.elapsed(), 1e-9),
             "seconds": self.elapsed(),
-            "time_split_seconds": self.timing,
+            "time_split_seconds": self.state.timing,
             "train_episodes": self.episodes.count,
             "return_last_100": float(np.mean(self.episodes.recent_returns)) if self.episodes.recent_returns else None,
             "pretrained_loaded": self.pretrained_loaded,
@@ -550,8 +472,8 @@ class Trainer:
         atomic_write(self.logdir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
         if stop_reason is None:
             self.say(
-                f"done: {self.global_step:,} steps at {summary['sps']:.0f} sps; best eval score "
-                f"{self.best_score:.2f}; checkpoints in {self.logdir}"
+                f"done: {self.state.global_step:,} steps at {summary['sps']:.0f} sps; best eval score "
+                f"{self.state.best_score:.2f}; checkpoints in {self.logdir}"
             )
         return summary
 
@@ -562,6 +484,88 @@ class Trainer:
         if self.ranks.is_main:
             self.eval_envs.close()
             plot_learning_curve(self.logdir / "metrics.jsonl", self.logdir / "learning_curve.png", self.cfg.env)
+
+    # ---------------------------------------------------------------------------- checkpoints
+
+    def local_state(self, with_env_state: bool) -> dict:
+        """What this rank alone has: its games, observations, recurrent memory, reward sums and RNG streams."""
+        env_state = self.envs.get_state() if with_env_state else None
+        state = None if self.memory.state is None else self.memory.state.cpu()
+        return {
+            "rng": rng_state(self.ppo.generator, self.device),
+            "reward_scaler": self.scaler.state_dict(),
+            "obs": torch.from_numpy(self.obs.copy()),
+            "memory": {"state": state, "starts": self.memory.starts.cpu()},
+            "env_state": to_tensors(env_state),
+            "pending_rollout": self.buffer.state_dict() if self.pending_update else None,  # stopped mid-update
+        }
+
+    def checkpoint_payload(self, ranks: list[dict]) -> dict:
+        run_state = self.state.to_payload(self.elapsed())
+        return run_state | {
+            "config": self.cfg.public_dict(),
+            "policy_spec": self.spec.to_dict(),
+            "model": self.policy.state_dict(),
+            "optimizer": self.ppo.optimizer.state_dict(),
+            "pretrained_loaded": self.pretrained_loaded,
+            "precision_used": self.precision,
+            "resume": run_state["resume"]
+            | {
+                "episodes": self.episodes.state_dict(),
+                "ranks": ranks,  # local_state() of every rank, in rank order
+                "wandb_id": self.logger.wandb_id,
+            },
+        }
+
+    def save(self, name: str, with_env_state: bool = True) -> bool:
+        """Write a checkpoint atomically (rank 0, with every rank's own state); a failed write (disk full...)
+        keeps the previous file and is reported, never fatal."""
+        ranks = self.ranks.gather(self.local_state(with_env_state))
+        if not self.ranks.is_main:
+            return True
+        path = self.logdir / name
+        try:
+            save_checkpoint(path, self.checkpoint_payload(ranks))
+            return True
+        except OSError as e:
+            warnings.warn(f"could not write {path} ({e.strerror or e}); the previous file is intact", stacklevel=2)
+            return False
+
+    def restore(self, payload: dict) -> np.ndarray:
+        """Continue from a checkpoint: weights, optimizer, counters, RNGs, reward statistics, game state.
+        -> the obs to continue from."""
+        try:
+            self.policy.load_state_dict(payload["model"])
+            self.ppo.optimizer.load_state_dict(payload["optimizer"])
+            run_state, resume = RunState.from_payload(payload), payload["resume"]
+            ranks = resume["ranks"]
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{self.cfg.resume} cannot be resumed: {str(e).splitlines()[0][:200]}") from e
+        if len(ranks) != self.ranks.world:
+            raise UsageError(
+                f"{self.cfg.resume} was written by {len(ranks)} process(es), not {self.ranks.world}: resume it with "
+                f"as many (torchrun --nproc_per_node {len(ranks)}, or plain python for 1)"
+            )
+        mine = ranks[self.ranks.rank]
+        self.state = run_state
+        set_rng_state(mine["rng"], self.ppo.generator, self.device)
+        self.scaler.load_state_dict(mine["reward_scaler"])
+        self.episodes.load_state_dict(resume["episodes"])
+        self.pending_update = mine.get("pending_rollout") is not None
+        if self.pending_update:
+            self.buffer.load_state_dict(mine["pending_rollout"])
+        memory = mine["memory"]["state"]
+        self.memory = Memory(
+            None if memory is None else memory.to(self.device), mine["memory"]["starts"].to(self.device)
+        )
+        if self.ranks.is_main:
+            self.history.load(self.state.global_step)
+            truncate_metrics(self.logdir / "metrics.jsonl", self.state.global_step)
+            print(f"resuming {self.logdir} at step {self.state.global_step:,}")
+        if mine["env_state"] is None:
+            warnings.warn(f"{self.cfg.env} game state cannot be saved: the resumed run starts new games", stacklevel=2)
+            return self.envs.reset()
+        return self.envs.set_state(to_arrays(mine["env_state"]))
 
 
 def load_run(argv: list[str] | None = None) -> tuple[Config, dict | None]:

@@ -172,7 +172,7 @@ def bench_update_cache(quick: bool) -> dict:
     T, N, shape = (16, 16, (12, 64, 64)) if quick else (32, 32, (12, 64, 64))
     cfg = Config(update_epochs=4, num_minibatches=4)
     torch.manual_seed(0)
-    spec = PolicySpec(backbone, shape, 3, 17, 256, freeze_backbone=True)
+    spec = PolicySpec(backbone, shape, 3, 17, head_hidden=256, freeze_backbone=True)
     cached, recomputing = ActorCritic(spec), RecomputingPolicy(spec)
     recomputing.load_state_dict(cached.state_dict())
     g = torch.Generator().manual_seed(0)
@@ -252,7 +252,9 @@ def bench_recurrent_update(quick: bool) -> dict:
     T, shape, repeats = (32, (4, 84, 84), 1) if quick else (128, (4, 84, 84), 2)
 
     def seconds(recurrent: str, start_every: int) -> float:
-        spec = PolicySpec("nature_cnn", shape, 1, 6, 0, False, False, 0, False, 0, recurrent, 256)
+        spec = PolicySpec(
+            "nature_cnn", shape, 1, 6, head_hidden=0, freeze_backbone=False, feature_norm=False, recurrent=recurrent
+        )
         cfg = Config(num_envs=8, update_epochs=4, num_minibatches=4, recurrent=recurrent)
         return update_seconds(spec, cfg, T, start_every, repeats)
 
@@ -273,7 +275,7 @@ def bench_augment_update(quick: bool) -> dict:
 
     repeats = 1 if quick else 2
     T = 64 if quick else 256
-    spec = PolicySpec("impala_cnn", (3, 64, 64), 3, 15, 0, False, False)
+    spec = PolicySpec("impala_cnn", (3, 64, 64), 3, 15, head_hidden=0, freeze_backbone=False, feature_norm=False)
     out = {"batch": T * 16}
     for kind in ("none", "crop", "random_conv"):
         cfg = Config(num_envs=16, update_epochs=3, num_minibatches=8, augment=kind)
@@ -353,7 +355,7 @@ def train_steps_per_s(family: str, updates: int, extra: list[str]) -> dict:
         "steps_per_s_after_two_updates": cfg.batch_size / float(np.mean(later)),
         "steps": cfg.steps,
         "seconds": seconds,
-        "seconds_split": dict(trainer.timing),
+        "seconds_split": dict(trainer.state.timing),
         "update_seconds": [round(float(d), 3) for d in durations],
     }
 

@@ -89,7 +89,7 @@ def full_batch_loss(policy, buf, cfg):
 def test_one_update_lowers_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     cfg = Config(lr=3e-4, update_epochs=4, num_minibatches=1, clip_coef=0.2, adv_norm="minibatch", clip_vloss=False)
-    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 32, freeze_backbone=False))
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, head_hidden=32, freeze_backbone=False))
     buf = filled_buffer(policy)
     before = full_batch_loss(policy, buf, cfg)
     stats = PPO(policy, cfg).update(buf)
@@ -101,14 +101,14 @@ def test_one_update_lowers_the_loss_on_a_fixed_batch():
 def test_target_kl_stops_epochs_early():
     torch.manual_seed(0)
     cfg = Config(lr=1e-2, update_epochs=10, num_minibatches=2, target_kl=1e-6)
-    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 32, freeze_backbone=False))
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, head_hidden=32, freeze_backbone=False))
     stats = PPO(policy, cfg).update(filled_buffer(policy))
     assert stats["epochs"] == 1
 
 
 def test_frozen_backbone_is_not_updated():
     torch.manual_seed(0)
-    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 32, freeze_backbone=True))
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, head_hidden=32, freeze_backbone=True))
     before = {k: v.clone() for k, v in policy.backbone.state_dict().items()}
     head_before = policy.policy_head[0].weight.clone()
     PPO(policy, Config(lr=1e-2, update_epochs=2, num_minibatches=2)).update(filled_buffer(policy))
@@ -126,7 +126,7 @@ class RecomputingPolicy(ActorCritic):
 
 def test_cached_feature_update_equals_recomputing_update():
     torch.manual_seed(0)
-    spec = PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 32, freeze_backbone=True)
+    spec = PolicySpec("impala_cnn", (3, 16, 16), 3, 5, head_hidden=32, freeze_backbone=True)
     cached = ActorCritic(spec)
     recomputing = RecomputingPolicy(spec)
     recomputing.load_state_dict(cached.state_dict())
@@ -156,7 +156,9 @@ def test_ewma_normalizer_matches_moon_et_al_by_hand():
 
 def test_value_normalization_trains_on_normalized_targets_and_acts_in_reward_units():
     torch.manual_seed(0)
-    spec = PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 0, freeze_backbone=False, trunk_hidden=32, value_norm=True)
+    spec = PolicySpec(
+        "impala_cnn", (3, 16, 16), 3, 5, head_hidden=0, freeze_backbone=False, trunk_hidden=32, value_norm=True
+    )
     policy = ActorCritic(spec)
     policy.value_normalizer.update(torch.tensor([100.0, 140.0]))
     obs = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
@@ -174,7 +176,7 @@ def test_value_normalization_trains_on_normalized_targets_and_acts_in_reward_uni
 
 def test_batch_advantage_normalization_is_over_the_whole_rollout():
     torch.manual_seed(0)
-    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 32, freeze_backbone=False))
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, head_hidden=32, freeze_backbone=False))
     buf = filled_buffer(policy)
     returns = buf.returns.clone()
     PPO(policy, Config(adv_norm="batch", update_epochs=1, num_minibatches=2)).update(buf)

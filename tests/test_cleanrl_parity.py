@@ -24,7 +24,9 @@ def test_one_update_matches_cleanrl_ppo_atari():
                             "--num-steps", str(T), "--num-envs", str(N)])  # fmt: skip
     envs = SimpleNamespace(single_action_space=SimpleNamespace(n=A))
     theirs = baselines.AtariAgent(envs)
-    ours = ActorCritic(PolicySpec("nature_cnn", (4, 84, 84), 1, A, 0, False, feature_norm=False))
+    ours = ActorCritic(
+        PolicySpec("nature_cnn", (4, 84, 84), 1, A, head_hidden=0, freeze_backbone=False, feature_norm=False)
+    )
     mapping = {"backbone.convs.0": "network.0", "backbone.convs.2": "network.2", "backbone.convs.4": "network.4",
                "backbone.fc": "network.7", "policy_head": "actor", "value_head": "critic"}  # fmt: skip
     theirs_state = theirs.state_dict()

@@ -68,7 +68,8 @@ def test_graphed_step_matches_the_eager_step_and_carries_the_state(recurrent):
     torch.manual_seed(0)
     policy = small_policy(recurrent)
     step = PolicyStep(policy, 8, CUDA)
-    state, starts = policy.initial_state(8), torch.ones(8, dtype=torch.bool, device=CUDA)
+    memory = policy.fresh_memory(8)
+    state, starts = memory.state, memory.starts
     with torch.inference_mode():
         for t in range(4):  # episodes start at step 0, continue, and restart for half the envs at step 2
             obs = frames(8)

@@ -40,7 +40,7 @@ def global_rollout() -> dict:
 def updated_policy(envs: slice, ranks: Ranks | None = None, **settings) -> tuple[ActorCritic, dict]:
     """One PPO update on the rollout's `envs`, from the same initial policy; -> the policy and the update's stats."""
     torch.manual_seed(0)
-    policy = ActorCritic(PolicySpec("impala_cnn", SHAPE, 3, 5, 16, freeze_backbone=False))
+    policy = ActorCritic(PolicySpec("impala_cnn", SHAPE, 3, 5, head_hidden=16, freeze_backbone=False))
     data = {k: v[:, envs] for k, v in global_rollout().items()}
     n = data["actions"].shape[1]
     buffer = RolloutBuffer(T, n, SHAPE, torch.device("cpu"))
@@ -81,7 +81,7 @@ def test_two_ranks_train_what_one_process_trains_on_the_whole_batch(tmp_path):
     for key in single:
         assert torch.equal(rank0[key], rank1[key]), key
         torch.testing.assert_close(rank0[key], single[key], atol=2e-5, rtol=1e-4, msg=key)
-    initial = ActorCritic(PolicySpec("impala_cnn", SHAPE, 3, 5, 16, freeze_backbone=False)).state_dict()
+    initial = ActorCritic(PolicySpec("impala_cnn", SHAPE, 3, 5, head_hidden=16, freeze_backbone=False)).state_dict()
     assert any(not torch.equal(initial[k], single[k]) for k in single)  # the update did move the weights
 
 
@@ -153,7 +153,7 @@ def trainer_worker(rank: int, world: int, port: int, out: str) -> None:
     start = time.time()
     trainer.maybe_evaluate()
     took = time.time() - start
-    torch.save({"order": order, "best": trainer.best_score, "took": took}, Path(out) / f"rank{rank}.pt")
+    torch.save({"order": order, "best": trainer.state.best_score, "took": took}, Path(out) / f"rank{rank}.pt")
     trainer.close()
     trainer.ranks.close()
 

@@ -65,7 +65,7 @@ def test_video_files_decode_with_the_right_frame_count(tmp_path):
 
 
 def test_recorded_eval_episode_has_one_frame_per_step():
-    policy = ActorCritic(PolicySpec("impala_cnn", (3, 10, 10), 3, 4, 16, freeze_backbone=False))
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 10, 10), 3, 4, head_hidden=16, freeze_backbone=False))
     envs = GridGoalVecEnv(3, seed=0, limit=9, reachable=False)  # every episode lasts exactly 9 steps
     result = run_episodes(policy, envs, 3, torch.device("cpu"), video_frames=100, collect_values=True)
     assert result.frames.shape == (9, 10, 10, 3)
@@ -121,7 +121,7 @@ def test_best_checkpoint_is_selected_by_the_published_metric():
 
 
 def test_a_stop_request_abandons_the_evaluation():
-    policy = ActorCritic(PolicySpec("impala_cnn", (3, 10, 10), 3, 4, 16, freeze_backbone=False))
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 10, 10), 3, 4, head_hidden=16, freeze_backbone=False))
     calls = []
     result = run_episodes(
         policy, GridGoalVecEnv(2, limit=50, reachable=False), 4, torch.device("cpu"),

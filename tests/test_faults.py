@@ -218,7 +218,7 @@ REAL_PPO_LOSS = agent.ppo_loss
 
 def test_non_finite_losses_never_touch_the_weights():
     torch.manual_seed(0)
-    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 16, freeze_backbone=False))
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, head_hidden=16, freeze_backbone=False))
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     from test_agent import filled_buffer
 

@@ -71,7 +71,7 @@ def test_bad_backbone_inputs():
 
 
 def test_deterministic_act_is_argmax():
-    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, 32))
+    policy = ActorCritic(PolicySpec("impala_cnn", (3, 16, 16), 3, 5, head_hidden=32))
     obs = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
     action = policy.act(obs, deterministic=True).action
     logits, _ = policy(obs)

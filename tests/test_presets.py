@@ -8,15 +8,15 @@ import torch
 
 from agent import PPO
 from config import config_from_args
-from policy import ActorCritic, MoonImpalaCNN
-from train import make_policy_spec
+from policy import MoonImpalaCNN
+from train import build_policy
 
 
 def preset_policy(name: str, obs_shape, frame_channels: int, num_actions: int) -> tuple:
     cfg = config_from_args(["--preset", name])
     envs = SimpleNamespace(obs_shape=obs_shape, frame_channels=frame_channels, num_actions=num_actions)
     torch.manual_seed(0)
-    return cfg, ActorCritic(make_policy_spec(cfg, envs))
+    return cfg, build_policy(cfg, envs, torch.device("cpu"), "fp32", load_pretrained=False, warn=False)
 
 
 def row_norms(weight: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ def test_first_epoch_replays_the_rollout_across_episode_boundaries(recurrent, fr
     cfg = small_config(tmp_path / "run_1", recurrent=recurrent, freeze_backbone=frozen)
     trainer = Trainer(cfg, envs=GridGoalVecEnv(4, seed=0, limit=5), eval_envs=GridGoalVecEnv(2, seed=1))
     for _ in range(2):  # the second rollout continues the first one's episodes and states
-        args = (trainer.scaler, trainer.timing, trainer.to_device)
+        args = (trainer.scaler, trainer.state.timing, trainer.to_device)
         trainer.obs, trainer.memory, _, _ = collect_rollout(
             trainer.envs, trainer.policy, trainer.buffer, trainer.obs, trainer.memory, *args
         )
