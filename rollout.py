@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from buffer import RewardScaler, RolloutBuffer
-from env import VecEnv
 from policy import Act, ActorCritic
+from vecenv import VecEnv
 
 
 @dataclass
