@@ -19,7 +19,8 @@ import torch
 import yaml
 
 from augment import AUGMENTATIONS
-from env import PROCGEN_MODES, parse_env_id
+from env import parse_env_id
+from env_procgen import PROCGEN_MODES
 from errors import UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

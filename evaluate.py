@@ -25,10 +25,11 @@ from agent import explained_variance
 from buffer import RewardScaler
 from checkpoint import CheckpointError, atomic_write, load_checkpoint, resolve_checkpoint_path
 from config import Config, resolve_device, resolve_precision
-from env import EpisodeStats, VecEnv, make_vec_env, parse_env_id
+from env import make_vec_env, parse_env_id
 from errors import UsageError
 from policy import ActorCritic, PolicySpec
 from scores import atari_human_normalized, crafter_score, procgen_normalized, success_rates
+from vecenv import EpisodeStats, VecEnv
 from visuals import LiveView, plot_value_analysis, write_video
 
 VALIDATION_LEVELS = 1000  # Procgen levels after the training range: model selection during training

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from buffer import RewardScaler, RolloutBuffer
-from env import VecEnv
 from policy import Act, ActorCritic, Memory
+from vecenv import VecEnv
 
 
 class HostToDevice:

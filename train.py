@@ -46,12 +46,13 @@ from config import (
     write_run_file,
 )
 from distributed import Ranks
-from env import EnvCrashError, VecEnv, cpus_per_process, make_vec_env
+from env import make_vec_env
 from errors import UsageError
 from evaluate import EvalResult, EvalStats, eval_row, make_eval_env, run_episodes, selection_score
 from policy import ActorCritic, Memory, PolicySpec
 from rollout import HostToDevice, PolicyStep, collect_rollout
 from runlog import EpisodeLog, Progress, RunLogger, prepare_logdir, truncate_metrics
+from vecenv import EnvCrashError, VecEnv, cpus_per_process
 from visuals import plot_learning_curve, write_video
 
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import PPO  # noqa: E402
 from buffer import RolloutBuffer  # noqa: E402
-from env import CrafterVecEnv, make_crafter  # noqa: E402
+from env_crafter import CrafterVecEnv, make_crafter  # noqa: E402
 from policy import ActorCritic, PolicySpec  # noqa: E402
 from runlog import hardware_info  # noqa: E402
 

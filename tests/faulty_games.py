@@ -1,6 +1,6 @@
 """Games that fail on purpose, importable by env worker processes."""
 
-from env import make_crafter
+from env_crafter import make_crafter
 
 
 class RaisingCrafter:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from buffer import RewardScaler, RolloutBuffer, RunningMeanStd, StackedFrames
-from env import FrameStack, make_vec_env
+from env import make_vec_env
+from vecenv import FrameStack
 
 
 def reference_gae(rewards, values, dones, bootstrap, last_values, gamma, lam):

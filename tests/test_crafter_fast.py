@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import crafter_fast
-from env import make_crafter
+from env_crafter import make_crafter
 
 
 def world_snapshot(env) -> dict:

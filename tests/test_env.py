@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from config import Config
-from env import FrameStack, cpus_per_process, make_vec_env, parse_env_id
+from env import make_vec_env, parse_env_id
 from errors import UsageError
+from vecenv import FrameStack, cpus_per_process
 
 
 def test_parse_env_id():
@@ -115,7 +116,7 @@ def test_crafter_vec_env_plays_crafters_own_games(monkeypatch):
     import crafter
     import crafter.worldgen
 
-    from env import CrafterVecEnv, _import_crafter
+    from env_crafter import CrafterVecEnv, _import_crafter
 
     actions = np.random.default_rng(1).integers(0, 17, size=(500, 2))
     with CrafterVecEnv(2, seed=11, history_length=1, num_workers=1) as envs:

@@ -1,6 +1,7 @@
 """Never lose a run: kill -9 at random moments, exact resume, signals, crashed workers, NaNs, bad
 checkpoints, unwritable logdirs, full disks and unreachable wandb, with real processes."""
 
+import collections
 import io
 import json
 import os
@@ -21,8 +22,10 @@ import agent
 import checkpoint
 import train
 from config import Config
-from env import CrafterUnpickler, CrafterVecEnv, EnvCrashError, make_vec_env
+from env import make_vec_env
+from env_crafter import CrafterUnpickler, CrafterVecEnv, InsertionOrderedSet
 from policy import ActorCritic, PolicySpec
+from vecenv import EnvCrashError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "nature_cnn", "--no-pretrained", "--no-freeze-backbone", "--head-hidden", "16",
@@ -206,6 +209,29 @@ def test_crafter_states_saved_under_numpy_1_or_2_load_under_either():
     assert CrafterUnpickler(io.BytesIO()).find_class("numpy.random._mt19937", "MT19937") is np.random.MT19937
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
         CrafterUnpickler(io.BytesIO()).find_class("numpy._core.numeric", "fromfile")
+
+
+def test_crafter_states_saved_before_the_env_split_still_load():
+    """Crafter keeps each chunk's objects in an InsertionOrderedSet, which states saved before env.py was split
+    name as env.InsertionOrderedSet: those checkpoints resume, the class now coming from env_crafter."""
+    saved_by_env_py = (  # pickle.dumps(chunks, HIGHEST_PROTOCOL) by the code before the split, chunks as below
+        b"\x80\x05\x95e\x00\x00\x00\x00\x00\x00\x00\x8c\x0bcollections\x94\x8c\x0bdefaultdict\x94\x93\x94"
+        b"\x8c\x03env\x94\x8c\x13InsertionOrderedSet\x94\x93\x94\x85\x94R\x94(K\x00K\x00\x86\x94h\x05)\x81"
+        b"\x94(K\x07NK\x03NuK\x01K\x02\x86\x94h\x05)\x81\x94K\x05Nsu."
+    )
+    chunks = collections.defaultdict(InsertionOrderedSet)
+    chunks[(0, 0)].add(7)
+    chunks[(0, 0)].add(3)
+    chunks[(1, 2)].add(5)
+    assert b"\x8c\x03env\x94\x8c\x13InsertionOrderedSet" in saved_by_env_py
+    for data in (saved_by_env_py, pickle.dumps(chunks, protocol=pickle.HIGHEST_PROTOCOL)):
+        loaded = CrafterUnpickler(io.BytesIO(data)).load()
+        assert loaded.default_factory is InsertionOrderedSet and loaded == chunks
+        assert all(type(objects) is InsertionOrderedSet for objects in loaded.values())
+        assert list(loaded[(0, 0)]) == [7, 3]  # insertion order, as saved
+    assert b"env_crafter" in pickle.dumps(chunks, protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        CrafterUnpickler(io.BytesIO()).find_class("env", "make_vec_env")
 
 
 def nan_loss(*args, **kwargs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from env import EpisodeStats, FrameStack, StepResult, VecEnv
+from vecenv import EpisodeStats, FrameStack, StepResult, VecEnv
 
 MOVES = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])
 
