@@ -133,7 +133,7 @@ def run_episodes(
 
 def validation_levels(cfg: Config) -> tuple[int, int]:
     """Procgen levels that pick `best_model.pth` during training: the block right after the training range
-    (with unlimited training levels, the full distribution). Never the test levels below."""
+    (with unlimited training levels, the full distribution). Never evaluate.py's test levels."""
     if cfg.num_levels == 0:
         return 0, 0
     return cfg.start_level + cfg.num_levels, VALIDATION_LEVELS
