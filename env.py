@@ -63,7 +63,7 @@ def make_vec_env(
     repeat_action_probability: float = 0.0,
 ) -> VecEnv:
     """Build the vector env for `env_id`; `evaluation` gives separate seeds and full Atari games (the
-    Procgen levels are the caller's choice: evaluate.make_eval_env picks unseen ones)."""
+    Procgen levels are the caller's choice: evaluation.make_eval_env picks unseen ones)."""
     spec = parse_env_id(env_id)
     if num_envs < 1 or history_length < 1:
         raise UsageError("num_envs and history_length must be at least 1")

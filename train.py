@@ -48,7 +48,7 @@ from config import (
 from distributed import Ranks
 from env import make_vec_env
 from errors import UsageError
-from evaluate import EvalResult, EvalStats, eval_row, make_eval_env, run_episodes, selection_score
+from evaluation import EvalResult, EvalStats, eval_row, make_eval_env, run_episodes, selection_score
 from policy import ActorCritic, Memory, PolicySpec
 from rollout import HostToDevice, PolicyStep, collect_rollout
 from runlog import EpisodeLog, Progress, RunLogger, prepare_logdir, truncate_metrics

@@ -73,7 +73,7 @@ def test_procgen_stacking_and_validation_levels():
     with make_vec_env("procgen/bigfish", 4, seed=0, history_length=2) as envs:
         ends, episodes = check_stacking(envs, 400, 3)
     assert ends >= 1 and len(episodes) == ends
-    from evaluate import make_eval_env
+    from evaluation import make_eval_env
 
     config = Config(env="procgen/bigfish", history_length=2, distribution_mode="easy", start_level=0, num_levels=200)
     with make_eval_env(config, 2, seed=0) as eval_envs:  # validation levels: the 1000 after the training range

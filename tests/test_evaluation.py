@@ -10,8 +10,10 @@ import torch
 from toy_env import GridGoalVecEnv
 
 import evaluate
+import evaluation
 from config import Config
-from evaluate import discounted_returns, episode_quotas, run_episodes
+from evaluate import discounted_returns
+from evaluation import episode_quotas, run_episodes
 from policy import ActorCritic, PolicySpec
 from scores import (
     ATARI_RANDOM_HUMAN,
@@ -108,7 +110,7 @@ def test_procgen_validation_and_test_levels_are_disjoint():
     distribution), so selection never sees the levels it is scored on beyond chance overlap."""
     cfg = Config(env="procgen/starpilot", start_level=0, num_levels=200)
     train_levels = evaluate.level_sets(cfg, "")["train"]
-    validation = evaluate.validation_levels(cfg)
+    validation = evaluation.validation_levels(cfg)
     assert train_levels == (0, 200) and validation == (200, 1000)
     assert evaluate.level_sets(cfg, "")["test"] == evaluate.TEST_LEVELS == (0, 0)
     assert evaluate.parse_levels("") == (0, 0)
@@ -116,8 +118,8 @@ def test_procgen_validation_and_test_levels_are_disjoint():
 
 def test_best_checkpoint_is_selected_by_the_published_metric():
     crafter_row = {"mean_return": 9.0, "crafter_score": 3.5}
-    assert evaluate.selection_score(crafter_row) == 3.5
-    assert evaluate.selection_score({"mean_return": 21.0}) == 21.0
+    assert evaluation.selection_score(crafter_row) == 3.5
+    assert evaluation.selection_score({"mean_return": 21.0}) == 21.0
 
 
 def test_a_stop_request_abandons_the_evaluation():

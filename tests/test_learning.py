@@ -7,7 +7,7 @@ import torch
 from toy_env import GridGoalVecEnv
 
 from config import Config
-from evaluate import run_episodes
+from evaluation import run_episodes
 from train import Trainer
 
 

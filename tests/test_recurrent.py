@@ -7,7 +7,7 @@ from toy_env import CueMemoryVecEnv, GridGoalVecEnv
 
 from buffer import RolloutBuffer
 from config import Config
-from evaluate import run_episodes
+from evaluation import run_episodes
 from rollout import collect_rollout
 from train import Trainer
 
