@@ -75,6 +75,7 @@ EXPERIMENTS: dict[str, dict] = {
     },
     "crafter": {
         "metric": "crafter_score",
+        "evaluate_episodes": 100,  # evaluate.py on the last checkpoint: mean return, score and achievement rates
         "systems": [
             System("nature_cnn", [*NATURE_CNN, "--precision", "fp32"]),
             System("nature_cnn_bf16", [*NATURE_CNN, "--precision", "bf16"]),
@@ -167,15 +168,22 @@ def run_baseline(system: System, seed: int, steps: int, logdir: Path, threads: s
     return {"steps": result["steps"], "sps": result["steps_per_s"], "curve": curve, "final": final_value(curve)}
 
 
-def evaluate_sets(logdir: Path, episodes: int, threads: str) -> dict[str, float]:
-    """evaluate.py on the run's last checkpoint: mean return per level set (Procgen: train and test)."""
+def evaluate_sets(logdir: Path, episodes: int, threads: str) -> tuple[dict[str, float], dict[str, dict]]:
+    """evaluate.py on the run's last checkpoint -> mean return per level set (Procgen: train and test), and for
+    Crafter the score and per-achievement success rates (%) of those episodes, as papers' tables report them."""
     out = logdir / "evaluation.json"
     cmd = [str(ROOT / "evaluate.py"), str(logdir / "last.pth"), "--episodes", str(episodes), "--json", str(out)]
     env = os.environ | {"OMP_NUM_THREADS": threads}
     with open(logdir.parent / f"{logdir.name}.log", "a") as log:
         subprocess.run([sys.executable, *cmd], stdout=log, stderr=log, env=env, check=True)
     rows = json.loads(out.read_text())
-    return {row["set"]: row["mean_return"] for row in (rows if isinstance(rows, list) else [rows])}
+    rows = rows if isinstance(rows, list) else [rows]
+    achievements = {
+        row["set"]: {"crafter_score": row["crafter_score"], "success_rates": row["success_rates"]}
+        for row in rows
+        if "crafter_score" in row
+    }
+    return {row["set"]: row["mean_return"] for row in rows}, achievements
 
 
 def run_one(
@@ -191,7 +199,9 @@ def run_one(
     runner = run_pixelppo if system.train_args is not None else run_baseline
     result = {"system": system.name, "seed": seed} | runner(system, seed, steps, logdir, threads, experiment["metric"])
     if system.train_args is not None and experiment.get("evaluate_episodes"):
-        result["evaluate"] = evaluate_sets(logdir, experiment["evaluate_episodes"], threads)
+        result["evaluate"], achievements = evaluate_sets(logdir, experiment["evaluate_episodes"], threads)
+        if achievements:
+            result["evaluate_achievements"] = achievements
     done.write_text(json.dumps(result))
     final = "n/a" if result["final"] is None else f"{result['final']:.2f}"
     print(f"{logdir.name}: {final} at {result['steps']:,} steps ({result['sps']:.0f} sps)", flush=True)
@@ -233,6 +243,10 @@ def summarize(name: str, runs: list[dict], steps: int) -> dict:
         for level_set in evaluations[0] if evaluations else []:
             values = [e[level_set] for e in evaluations]
             table[system][f"evaluate_{level_set}"] = {"mean": float(np.mean(values)), "runs": values}
+        scored = [r["evaluate_achievements"] for r in runs if r["system"] == system and "evaluate_achievements" in r]
+        for level_set in scored[0] if scored else []:
+            values = [e[level_set]["crafter_score"] for e in scored]
+            table[system][f"evaluate_{level_set}_crafter_score"] = {"mean": float(np.mean(values)), "runs": values}
     return {"experiment": name, "metric": EXPERIMENTS[name]["metric"], "steps": steps, "table": table, "runs": runs}
 
 

@@ -72,3 +72,20 @@ def test_reused_runs_are_cut_at_the_budget_and_never_rerun(tmp_path, monkeypatch
     assert run["curve"] == curve[:3] and run["final"] == 3.0 and run["steps"] == 192
     assert run["precision"] == "fp32" and run["reused_from"] == "tiny-256.json"
     assert not (tmp_path / "logs" / "tiny" / "tiny_seed4").exists()
+
+
+def test_crafter_runs_report_score_and_achievement_rates_of_the_final_agent(tmp_path, monkeypatch):
+    """As papers' tables do: the last checkpoint's mean return, Crafter score and per-achievement success rates
+    over evaluate.py's episodes, beside the score over all training episodes."""
+    monkeypatch.setattr(learning, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
+    tiny = ["--env", "crafter", *TINY[2:]]
+    experiment = {"metric": "crafter_score", "evaluate_episodes": 2, "systems": [learning.System("tiny", tiny)]}
+    monkeypatch.setitem(learning.EXPERIMENTS, "tiny_crafter", experiment)
+    summary = learning.main(["tiny_crafter", "--seeds", "3", "--steps", "64"])
+    run = summary["runs"][0]
+    (level_set,) = run["evaluate"]
+    achievements = run["evaluate_achievements"][level_set]
+    assert len(achievements["success_rates"]) == 22 and 0 <= achievements["crafter_score"] <= 100
+    column = summary["table"]["tiny"][f"evaluate_{level_set}_crafter_score"]
+    assert column["runs"] == [achievements["crafter_score"]]
