@@ -85,6 +85,11 @@ EXPERIMENTS: dict[str, dict] = {
                 ["--backbone", "tf_efficientnet_lite0", "--pretrained-file", "LITE0", *CRAFTER_BUDGET],
             ),
             System("crafter_moon", ["--preset", "crafter-moon", "--steps", "1024000"]),  # its 250 updates of 4096
+            # ablation: Moon et al.'s PPO settings and heads on the small Nature CNN instead of their wide IMPALA CNN
+            System(
+                "crafter_moon_nature_cnn",
+                ["--preset", "crafter-moon", "--backbone", "nature_cnn", "--steps", "1024000"],
+            ),
         ],
     },
     "procgen-starpilot": {
