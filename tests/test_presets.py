@@ -90,3 +90,13 @@ def test_atari_cleanrl_is_cleanrl():
             torch.testing.assert_close(row_norms(layer.weight), torch.full_like(row_norms(layer.weight), expected))
     assert policy.policy_head.weight.shape == (4, 512)
     assert row_norms(policy.value_head.weight).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_crafter_cpu_is_crafter_moon_on_the_nature_cnn():
+    """The CPU recipe measured at 10.9% (bench/results/crafter-1024k.json, system crafter_moon_nature_cnn):
+    every setting of crafter-moon but the backbone."""
+    moon, cpu = config_from_args(["--preset", "crafter-moon"]), config_from_args(["--preset", "crafter-cpu"])
+    differ = {k for k, v in vars(moon).items() if getattr(cpu, k) != v}
+    assert differ == {"preset", "backbone"} and cpu.backbone == "nature_cnn"
+    measured = config_from_args(["--preset", "crafter-moon", "--backbone", "nature_cnn"])
+    assert {k for k, v in vars(measured).items() if getattr(cpu, k) != v} == {"preset"}
