@@ -104,8 +104,7 @@ def test_the_ppo_loss_sees_clean_frames_and_starts_at_ratio_one(recurrent, tmp_p
     trainer = Trainer(cfg, envs=GridGoalVecEnv(4, seed=0), eval_envs=GridGoalVecEnv(2, seed=1))
     assert trainer.train_one_update()
     new_logprob, _, new_value, old_logprob, old_value = seen[0]
-    if recurrent == "none":  # exactly the rollout's; a recurrent core re-runs whole sequences (float rounding)
-        assert torch.equal(new_logprob, old_logprob) and torch.equal(new_value, old_value)
+    # the rollout's, up to float rounding: the update's batch may take other CPU kernels than the rollout's
     torch.testing.assert_close(new_logprob, old_logprob, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(new_value, old_value, atol=1e-5, rtol=1e-5)
     assert seen[1] == "augment" and seen.count("augment") == 2  # the regularizers, once per minibatch
