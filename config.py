@@ -25,6 +25,7 @@ from errors import UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRECISIONS = ("auto", "bf16", "fp32")
+RECIPES = {"atari": "atari-cleanrl", "procgen": "procgen-official"}  # the preset to start from, per family
 
 
 def arg(
@@ -68,12 +69,12 @@ class Config:
     config: str = arg("", "YAML run file to start from (flags given on the command line still win)", invocation=True)
     preset: str = arg("", "published recipe to start from: configs/<PRESET>.yaml", choices=("", *preset_names()))
     overwrite: bool = arg(False, "replace an existing run in --logdir", resume=True, invocation=True)
-    steps: int = arg(1_000_000, "total environment steps (agent steps summed over envs)", check=AT_LEAST_1, resume=True)
-    eval_interval: int = arg(100_000, "evaluate every this many steps (and at the end)", check=AT_LEAST_1)
+    steps: int = arg(1_024_000, "total environment steps (agent steps summed over envs)", check=AT_LEAST_1, resume=True)
+    eval_interval: int = arg(102_400, "evaluate every this many steps (and at the end)", check=AT_LEAST_1)
     eval_episodes: int = arg(20, "episodes per evaluation", check=AT_LEAST_1)
     eval_envs: int = arg(8, "parallel evaluation envs", check=AT_LEAST_1)
-    num_envs: int = arg(64, "parallel training envs", check=AT_LEAST_1)
-    history_length: int = arg(4, "frames stacked into one observation", check=AT_LEAST_1)
+    num_envs: int = arg(8, "parallel training envs", check=AT_LEAST_1)
+    history_length: int = arg(1, "frames stacked into one observation", check=AT_LEAST_1)
     seed: int = arg(42, "random seed")
     device: str = arg("auto", "auto, cpu or cuda[:N]", resume=True)
     save_interval: float = arg(10.0, "also save last.pth every this many minutes", check=POSITIVE, resume=True)
@@ -100,18 +101,18 @@ class Config:
         30.0, "torchrun: minutes a rank waits for the others before the job fails", check=POSITIVE, resume=True
     )
     # policy
-    backbone: str = arg("tf_efficientnetv2_s.in21k_ft_in1k", "any timm model, or nature_cnn / impala_cnn")
-    pretrained: bool = arg(True, "load the backbone's pretrained weights when they can be had")
+    backbone: str = arg("nature_cnn", "any timm model, or nature_cnn / impala_cnn")
+    pretrained: bool = arg(False, "load the backbone's pretrained weights when they can be had")
     pretrained_file: str = arg("", "load backbone weights from this local file instead of the hub")
-    freeze_backbone: bool = arg(True, "keep backbone weights fixed; train only the heads")
+    freeze_backbone: bool = arg(False, "keep backbone weights fixed; train only the heads")
     head_hidden: int = arg(
-        256, "width of the 3-layer policy and value heads (0: one linear layer each)", check=NON_NEGATIVE
+        0, "width of the 3-layer policy and value heads (0: one linear layer each)", check=NON_NEGATIVE
     )
     feature_norm: bool = arg(True, "LayerNorm on the backbone features, so the heads see unit scale")
     trunk_hidden: int = arg(
-        0, "a shared dense layer (ReLU) of this width before the heads (0: none)", check=NON_NEGATIVE
+        1024, "a shared dense layer (ReLU) of this width before the heads (0: none)", check=NON_NEGATIVE
     )
-    value_norm: bool = arg(False, "the value head predicts normalized returns (EWMA statistics of the targets)")
+    value_norm: bool = arg(True, "the value head predicts normalized returns (EWMA statistics of the targets)")
     image_size: int = arg(
         0, "resize frames to N x N before the backbone (0: native size; ImageNet nets like ~224)", check=NON_NEGATIVE
     )
@@ -131,22 +132,22 @@ class Config:
     )
     # PPO
     lr: float = arg(3e-4, "Adam learning rate", check=POSITIVE)
-    lr_schedule: str = arg("linear", "learning-rate schedule", choices=("constant", "linear", "cosine"))
-    num_steps: int = arg(128, "rollout length per env per update", check=AT_LEAST_1)
-    update_epochs: int = arg(4, "PPO epochs per rollout", check=AT_LEAST_1)
+    lr_schedule: str = arg("constant", "learning-rate schedule", choices=("constant", "linear", "cosine"))
+    num_steps: int = arg(512, "rollout length per env per update", check=AT_LEAST_1)
+    update_epochs: int = arg(3, "PPO epochs per rollout", check=AT_LEAST_1)
     num_minibatches: int = arg(8, "minibatches per epoch", check=AT_LEAST_1)
-    gamma: float = arg(0.99, "discount factor", check=DISCOUNT)
-    gae_lambda: float = arg(0.95, "GAE lambda", check=UNIT_INTERVAL)
+    gamma: float = arg(0.95, "discount factor", check=DISCOUNT)
+    gae_lambda: float = arg(0.65, "GAE lambda", check=UNIT_INTERVAL)
     clip_coef: float = arg(0.2, "PPO ratio clip (also the value clip)", check=POSITIVE)
-    clip_vloss: bool = arg(True, "clip the value loss around the rollout values")
+    clip_vloss: bool = arg(False, "clip the value loss around the rollout values")
     ent_coef: float = arg(0.01, "entropy bonus coefficient", check=NON_NEGATIVE)
-    vf_coef: float = arg(0.5, "value loss coefficient", check=NON_NEGATIVE)
+    vf_coef: float = arg(1.0, "value loss coefficient", check=NON_NEGATIVE)
     max_grad_norm: float = arg(0.5, "global gradient norm clip", check=POSITIVE)
     target_kl: float | None = arg(
         None, "stop the epochs early when approx KL exceeds this (none: never)", check=POSITIVE_OR_NONE
     )
     adv_norm: str = arg(
-        "minibatch",
+        "batch",
         "normalize advantages per minibatch, over the whole batch, or not",
         choices=("minibatch", "batch", "none"),
     )
@@ -157,7 +158,7 @@ class Config:
     )
     drac_coef: float = arg(0.1, "weight of DrAC's two regularizers (the paper's alpha_r)", check=NON_NEGATIVE)
     adam_eps: float = arg(
-        1e-5, "Adam epsilon (CleanRL and openai/baselines: 1e-5; PyTorch's default: 1e-8)", check=POSITIVE
+        1e-8, "Adam epsilon (CleanRL and openai/baselines: 1e-5; PyTorch's default: 1e-8)", check=POSITIVE
     )
     reward_scaling: str = arg(
         "auto",
@@ -337,6 +338,7 @@ def default_run_file() -> str:
     lines = [
         "# The default run (`python train.py` with no flags): every setting of a run, with its default.",
         "# Copy it, edit it, and train with `python train.py --config my_run.yaml`.",
+        "# These are the crafter-cpu recipe's settings (configs/crafter-cpu.yaml says what it measured).",
     ]
     for name, value in Config().run_file_dict().items():
         if name != "preset":
@@ -376,6 +378,12 @@ def config_from_flags(given: dict) -> Config:
     if preset and values.get("env") and parse_env_id(cfg.env).family != family_of_preset(preset):
         raise UsageError(f"preset {preset} is for {family_of_preset(preset)}, not {cfg.env}")
     validate(cfg, sources)
+    family = parse_env_id(cfg.env).family
+    if not files and family in RECIPES:
+        warnings.warn(
+            f"the defaults are Crafter's recipe (crafter-cpu); {family}'s published one is --preset {RECIPES[family]}",
+            stacklevel=2,
+        )
     return cfg
 
 

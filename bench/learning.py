@@ -15,10 +15,12 @@ Experiments:
 - atari-breakout: `--preset atari-cleanrl` in fp32 and in bf16 (`--precision`) against CleanRL's ppo_atari.py
   (bench/baselines.py); all follow the 10M-step recipe (the learning rate anneals over 10M steps) and stop at
   --steps. Metric: mean raw full-game return of the last 100 training episodes.
-- crafter: a small trained CNN in fp32 and in bf16, the default run's frozen backbone (random and pretrained
-  EfficientNet-Lite0 features) and crafter-moon, all on the published 1M-step budget (the learning rate anneals
-  over 1M steps; a smaller --steps stops early). Metric: Crafter score over all training episodes (the
-  published protocol).
+- crafter: a small trained CNN in fp32 and in bf16, the effnetv2s-frozen preset (the first default run: a frozen
+  EfficientNetV2-S at random init, and frozen pretrained EfficientNet-Lite0 features), crafter-moon and crafter-cpu
+  (the default run), all on the published 1M-step budget (the learning rate anneals over 1M steps; a smaller
+  --steps stops early). Metric: Crafter score over all training episodes (the published protocol).
+- crafter-ablations: crafter-cpu (Moon et al.'s PPO on the Nature CNN) with one of its ingredients left out per
+  system, at equal steps; `--reuse bench/results/crafter-1024k.json` brings crafter-cpu's own runs.
 - procgen-starpilot: `--preset procgen-official`, with and without DrAC (`--augment crop`), against a plain PyTorch loop
   over ProcgenGym3Env with the same settings (bench/baselines.py). Metric: mean return of the last 100 training
   episodes; evaluate.py then scores each pixelppo run's last checkpoint on its training levels and on unseen
@@ -60,8 +62,10 @@ class System:
 
 
 CRAFTER_BUDGET = ["--steps", "1000000"]  # Hafner 2021's protocol: the schedule spans 1M steps
-NATURE_CNN = ["--backbone", "nature_cnn", "--no-pretrained", "--no-freeze-backbone", "--num-envs", "16",
+FROZEN = ["--preset", "effnetv2s-frozen"]  # the first default run's design: CleanRL-style PPO, 4 frames, 3-layer heads
+NATURE_CNN = [*FROZEN, "--backbone", "nature_cnn", "--no-pretrained", "--no-freeze-backbone", "--num-envs", "16",
               "--head-hidden", "0", *CRAFTER_BUDGET]  # fmt: skip
+CRAFTER_CPU = ["--preset", "crafter-moon", "--backbone", "nature_cnn", "--steps", "1024000"]  # = crafter-cpu
 ATARI_BREAKOUT = ["--preset", "atari-cleanrl", "--env", "atari/Breakout", "--steps", "10000000"]
 
 EXPERIMENTS: dict[str, dict] = {
@@ -79,17 +83,28 @@ EXPERIMENTS: dict[str, dict] = {
         "systems": [
             System("nature_cnn", [*NATURE_CNN, "--precision", "fp32"]),
             System("nature_cnn_bf16", [*NATURE_CNN, "--precision", "bf16"]),
-            System("frozen_random_effnetv2s", ["--no-pretrained", *CRAFTER_BUDGET]),
+            System("frozen_random_effnetv2s", [*FROZEN, "--no-pretrained", *CRAFTER_BUDGET]),
             System(
                 "frozen_lite0_imagenet",
-                ["--backbone", "tf_efficientnet_lite0", "--pretrained-file", "LITE0", *CRAFTER_BUDGET],
+                [*FROZEN, "--backbone", "tf_efficientnet_lite0", "--pretrained-file", "LITE0", *CRAFTER_BUDGET],
             ),
             System("crafter_moon", ["--preset", "crafter-moon", "--steps", "1024000"]),  # its 250 updates of 4096
             # ablation: Moon et al.'s PPO settings and heads on the small Nature CNN instead of their wide IMPALA CNN
-            System(
-                "crafter_moon_nature_cnn",
-                ["--preset", "crafter-moon", "--backbone", "nature_cnn", "--steps", "1024000"],
-            ),
+            System("crafter_moon_nature_cnn", [*CRAFTER_CPU]),
+        ],
+    },
+    # Which of Moon et al.'s ingredients buy crafter-cpu's score: each system leaves one out (one seed each).
+    "crafter-ablations": {
+        "metric": "crafter_score",
+        "evaluate_episodes": 100,
+        "systems": [
+            System("crafter_moon_nature_cnn", [*CRAFTER_CPU]),  # crafter-cpu itself (bench/results/crafter-1024k)
+            System("no_feature_norm", [*CRAFTER_CPU, "--no-feature-norm"]),  # no LayerNorm on the features
+            System("no_value_norm", [*CRAFTER_CPU, "--no-value-norm"]),  # raw return targets
+            System("minibatch_adv_norm", [*CRAFTER_CPU, "--adv-norm", "minibatch"]),  # per minibatch, not per batch
+            System("gamma_099_lambda_095", [*CRAFTER_CPU, "--gamma", "0.99", "--gae-lambda", "0.95"]),
+            System("rollout_32x128", [*CRAFTER_CPU, "--num-envs", "32", "--num-steps", "128"]),  # same batch, shorter
+            System("epochs_4", [*CRAFTER_CPU, "--update-epochs", "4"]),
         ],
     },
     "procgen-starpilot": {

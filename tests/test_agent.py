@@ -130,7 +130,7 @@ def test_cached_feature_update_equals_recomputing_update():
     cached = ActorCritic(spec)
     recomputing = RecomputingPolicy(spec)
     recomputing.load_state_dict(cached.state_dict())
-    cfg = Config(lr=1e-2, update_epochs=3, num_minibatches=4)
+    cfg = Config(lr=1e-2, update_epochs=3, num_minibatches=4, adv_norm="minibatch", clip_vloss=True)
     stats_a = PPO(cached, cfg, seed=1).update(filled_buffer(cached, cache_features=True))
     stats_b = PPO(recomputing, cfg, seed=1).update(filled_buffer(recomputing, cache_features=False))
     assert filled_buffer(cached, cache_features=True).inputs.shape == (8, 4, cached.feature_dim)

@@ -90,6 +90,7 @@ def small_config(logdir, **overrides) -> Config:
         backbone="impala_cnn", pretrained=False, freeze_backbone=False, head_hidden=16, num_envs=4, num_steps=8,
         num_minibatches=2, update_epochs=1, steps=32, seed=0, eval_interval=32, eval_episodes=2, eval_video=False,
         wandb_mode="disabled", logdir=str(logdir), augment="crop", precision="fp32",
+        value_norm=False,  # the PPO loss then compares values in reward units, the rollout's
     )  # fmt: skip
     return Config(**(base | overrides))
 

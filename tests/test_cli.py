@@ -5,6 +5,7 @@ import math
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -39,10 +40,12 @@ TINY = [
     "offline",
 ]
 FAMILIES = {
-    "crafter": ["--env", "crafter", "--num-envs", "4", "--steps", "2048", "--eval-interval", "1024"],
+    "crafter": ["--env", "crafter", "--num-envs", "4", "--steps", "2048", "--eval-interval", "1024",
+                "--history-length", "4"],
     "procgen": ["--env", "procgen/bigfish", "--num-envs", "8", "--steps", "3072", "--eval-interval", "1536",
                 "--history-length", "2"],
-    "atari": ["--env", "atari/Breakout", "--num-envs", "4", "--steps", "2048", "--eval-interval", "1024"],
+    "atari": ["--env", "atari/Breakout", "--num-envs", "4", "--steps", "2048", "--eval-interval", "1024",
+              "--history-length", "4"],
 }  # fmt: skip
 # every family trains a recurrent policy here: evaluate.py must carry its state through whole episodes
 RECURRENT = {"crafter": "gru", "procgen": "lstm", "atari": "gru"}
@@ -156,8 +159,33 @@ def test_evaluate_rebuilds_from_the_checkpoint_alone(trained_run, tmp_path):
         assert rows[0]["human_normalized"] is not None
 
 
-def test_default_config_matches_the_seed_project():
-    cfg = config_from_args([])
+def test_default_run_is_the_crafter_cpu_recipe():
+    """`python train.py` trains the best Crafter recipe measured at 1M (bench/results/crafter-1024k.json)."""
+    default, recipe = config_from_args([]), config_from_args(["--preset", "crafter-cpu"])
+    assert {k for k, v in vars(default).items() if getattr(recipe, k) != v} == {"preset", "reward_scaling"}
+    assert (default.reward_scaling, recipe.reward_scaling) == ("auto", "none")  # auto: none on Crafter
+    assert (default.env, default.backbone, default.freeze_backbone, default.seed) == (
+        "crafter",
+        "nature_cnn",
+        False,
+        42,
+    )
+
+
+def test_other_families_without_a_preset_are_pointed_to_their_recipe():
+    with pytest.warns(UserWarning, match="--preset atari-cleanrl"):
+        config_from_args(["--env", "atari/Pong"])
+    with pytest.warns(UserWarning, match="--preset procgen-official"):
+        config_from_args(["--env", "procgen/coinrun"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config_from_args(["--preset", "atari-cleanrl", "--env", "atari/Pong"])
+        config_from_args(["--env", "crafter"])
+
+
+def test_effnetv2s_frozen_preset_is_the_seed_design():
+    """The project's first default: frozen pretrained EfficientNetV2-S, 3-layer heads, 64 envs, 4 frames."""
+    cfg = config_from_args(["--preset", "effnetv2s-frozen"])
     assert (
         cfg.env,
         cfg.steps,
@@ -167,8 +195,16 @@ def test_default_config_matches_the_seed_project():
         cfg.history_length,
         cfg.lr,
         cfg.seed,
-    ) == ("crafter", 1_000_000, 100_000, 20, 64, 4, 3e-4, 42)
+        cfg.head_hidden,
+    ) == ("crafter", 1_000_000, 100_000, 20, 64, 4, 3e-4, 42, 256)
     assert cfg.backbone.startswith("tf_efficientnetv2_s") and cfg.freeze_backbone and cfg.pretrained
+    assert (cfg.gamma, cfg.gae_lambda, cfg.adv_norm, cfg.clip_vloss, cfg.value_norm) == (
+        0.99,
+        0.95,
+        "minibatch",
+        True,
+        False,
+    )
 
 
 def test_presets_and_flags_layer_in_order():

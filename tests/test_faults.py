@@ -32,6 +32,7 @@ TINY = ["--backbone", "nature_cnn", "--no-pretrained", "--no-freeze-backbone", "
         "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2", "--eval-episodes", "2",
         "--eval-envs", "2", "--wandb-mode", "disabled"]  # fmt: skip
 PROCGEN = ["--env", "procgen/bigfish", "--num-envs", "4", "--history-length", "2"]
+CRAFTER = ["--env", "crafter", "--num-envs", "2", "--history-length", "4"]  # frame stacks in the saved state
 
 
 def train_cmd(*args: str) -> list[str]:
@@ -57,7 +58,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("game", ["procgen", "crafter", "procgen-lstm"])
 def test_resume_at_an_update_boundary_gives_the_same_weights(game, tmp_path):
     """Also with a recurrent policy, whose state in the middle of episodes travels in the checkpoint."""
-    env_args = PROCGEN if game.startswith("procgen") else ["--env", "crafter", "--num-envs", "2"]
+    env_args = PROCGEN if game.startswith("procgen") else CRAFTER
     if game == "procgen-lstm":
         env_args = [*env_args, "--recurrent", "lstm", "--recurrent-size", "16"]
     args = [*TINY, *env_args, "--steps", "128" if game == "crafter" else "256", "--eval-interval", "64"]
@@ -120,7 +121,7 @@ def test_kill_9_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_save_and_exit_within_seconds(sig, tmp_path):
     logdir = tmp_path / "run_1"
-    args = [*TINY, "--env", "crafter", "--num-envs", "2", "--steps", "1000000", "--logdir", str(logdir),
+    args = [*TINY, *CRAFTER, "--steps", "1000000", "--logdir", str(logdir),
             "--progress-interval", "1"]  # fmt: skip
     proc = subprocess.Popen(train_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     for line in proc.stdout:

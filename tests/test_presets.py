@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agent import PPO
-from config import config_from_args
+from config import CONFIG_DIR, config_from_args, preset_names, read_run_file
 from policy import MoonImpalaCNN
 from train import build_policy
 
@@ -100,3 +100,17 @@ def test_crafter_cpu_is_crafter_moon_on_the_nature_cnn():
     assert differ == {"preset", "backbone"} and cpu.backbone == "nature_cnn"
     measured = config_from_args(["--preset", "crafter-moon", "--backbone", "nature_cnn"])
     assert {k for k, v in vars(measured).items() if getattr(cpu, k) != v} == {"preset"}
+
+
+# what makes a recipe: a preset that leaves one of these to the defaults would change when the default run does
+RECIPE_KEYS = {
+    "env", "steps", "eval_interval", "num_envs", "num_steps", "update_epochs", "num_minibatches", "lr", "lr_schedule",
+    "adam_eps", "gamma", "gae_lambda", "clip_coef", "clip_vloss", "ent_coef", "vf_coef", "max_grad_norm", "adv_norm",
+    "history_length", "backbone", "pretrained", "freeze_backbone", "feature_norm", "trunk_hidden", "head_hidden",
+    "value_norm",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", [n for n in preset_names() if n != "default"])
+def test_presets_pin_every_setting_of_their_recipe(name):
+    assert set(read_run_file(CONFIG_DIR / f"{name}.yaml")) >= RECIPE_KEYS

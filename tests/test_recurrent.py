@@ -17,7 +17,7 @@ def small_config(logdir, **overrides) -> Config:
         backbone="impala_cnn", pretrained=False, freeze_backbone=False, head_hidden=32, num_envs=4, num_steps=16,
         num_minibatches=2, update_epochs=2, lr=1e-3, gamma=0.9, steps=128, seed=0, eval_interval=10**9,
         eval_episodes=4, eval_video=False, wandb_mode="disabled", logdir=str(logdir), recurrent="gru",
-        recurrent_size=16,
+        recurrent_size=16, value_norm=False,  # evaluate_actions' values then are the rollout's, in reward units
     )  # fmt: skip
     return Config(**(base | overrides))
 
