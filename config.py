@@ -220,10 +220,21 @@ class Config:
     @classmethod
     def from_checkpoint(cls, saved: dict, where: str) -> Config:
         """A checkpoint's config as a typed Config; a field this version does not know fails loudly."""
+        saved = DEFAULTS_BEFORE_CRAFTER_CPU | upgrade_legacy(saved)  # a missing key: saved before it existed
         try:
-            return cls(**{k: v for k, v in upgrade_legacy(saved).items() if k not in SECRETS})
+            return cls(**{k: v for k, v in saved.items() if k not in SECRETS})
         except TypeError as e:
             raise UsageError(f"{where}: config does not match this pixelppo version ({e})") from None
+
+
+# The defaults until the default run became the crafter-cpu recipe. Checkpoints hold every setting their version
+# knew, so one without a key was saved before that setting existed, and ran with the default of its time.
+DEFAULTS_BEFORE_CRAFTER_CPU = {
+    "steps": 1_000_000, "eval_interval": 100_000, "num_envs": 64, "history_length": 4,
+    "backbone": "tf_efficientnetv2_s.in21k_ft_in1k", "pretrained": True, "freeze_backbone": True, "head_hidden": 256,
+    "trunk_hidden": 0, "value_norm": False, "lr_schedule": "linear", "num_steps": 128, "update_epochs": 4,
+    "gamma": 0.99, "gae_lambda": 0.95, "clip_vloss": True, "vf_coef": 0.5, "adv_norm": "minibatch", "adam_eps": 1e-5,
+}  # fmt: skip
 
 
 def upgrade_legacy(values: dict) -> dict:

@@ -67,6 +67,23 @@ def test_runs_and_checkpoints_of_older_versions_read_amp_as_precision(tmp_path):
     assert Config.from_checkpoint(saved | {"amp": False}, "old.pth").precision == "fp32"
 
 
+def test_checkpoints_from_before_a_setting_existed_keep_the_default_they_ran_with():
+    """trunk_hidden, value_norm, adam_eps and friends arrived with defaults that kept the old behaviour, which the
+    default run (crafter-cpu) has since changed: an old checkpoint resumes as it ran."""
+    saved = Config().public_dict()
+    for key in ("trunk_hidden", "value_norm", "adam_eps", "adv_norm", "clip_vloss"):
+        del saved[key]
+    cfg = Config.from_checkpoint(saved, "old.pth")
+    assert (cfg.trunk_hidden, cfg.value_norm, cfg.adam_eps, cfg.adv_norm, cfg.clip_vloss) == (
+        0,
+        False,
+        1e-5,
+        "minibatch",
+        True,
+    )
+    assert Config.from_checkpoint(Config().public_dict(), "new.pth") == Config()
+
+
 def test_first_minibatch_starts_at_ratio_one_in_the_precision_auto_picks(tmp_path):
     """The rollout and the update run the backbone under the same autocast, so before the first gradient step
     the update sees the rollout's log-probabilities: approx KL ~ 0 and nothing clipped. Rollout in bf16 and
