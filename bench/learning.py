@@ -239,6 +239,8 @@ def reuse_runs(path: Path, systems: list[System], seeds: list[int], steps: int, 
         reached = next(i for i, (step, _) in enumerate(run["curve"]) if step >= steps)
         curve = run["curve"][: reached + 1]
         result = run | {"steps": curve[-1][0], "curve": curve, "final": final_value(curve), "reused_from": path.name}
+        if curve[-1][0] < run["steps"]:  # evaluate.py scored the agent at the run's end, not at the cut
+            result = {k: v for k, v in result.items() if k not in ("evaluate", "evaluate_achievements")}
         result.setdefault("precision", "fp32")
         logdir = folder / f"{run['system']}_seed{run['seed']}"
         logdir.mkdir(parents=True, exist_ok=True)

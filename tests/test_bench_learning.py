@@ -59,7 +59,8 @@ def test_reused_runs_are_cut_at_the_budget_and_never_rerun(tmp_path, monkeypatch
     curve = [[64, 1.0], [128, 2.0], [192, 3.0], [256, 4.0]]
     committed = tmp_path / "tiny-256.json"
     committed.write_text(json.dumps({"runs": [
-        {"system": "tiny", "seed": 3, "steps": 256, "sps": 50.0, "curve": curve, "final": 4.0},
+        {"system": "tiny", "seed": 3, "steps": 256, "sps": 50.0, "curve": curve, "final": 4.0,
+         "evaluate": {"eval": 5.0}},
         {"system": "tiny", "seed": 4, "steps": 128, "sps": 50.0, "curve": curve[:2], "final": 2.0},  # too short
     ]}))  # fmt: skip
 
@@ -71,7 +72,13 @@ def test_reused_runs_are_cut_at_the_budget_and_never_rerun(tmp_path, monkeypatch
     (run,) = summary["runs"]
     assert run["curve"] == curve[:3] and run["final"] == 3.0 and run["steps"] == 192
     assert run["precision"] == "fp32" and run["reused_from"] == "tiny-256.json"
+    assert "evaluate" not in run  # evaluate.py scored the agent at 256 steps, not at the cut
     assert not (tmp_path / "logs" / "tiny" / "tiny_seed4").exists()
+    monkeypatch.setattr(learning, "LOGS", tmp_path / "logs_full")
+    (run,) = learning.main(["tiny", "--systems", "tiny", "--seeds", "3", "--steps", "256", "--reuse", str(committed)])[
+        "runs"
+    ]
+    assert run["evaluate"] == {"eval": 5.0} and run["final"] == 4.0
 
 
 def test_crafter_runs_report_score_and_achievement_rates_of_the_final_agent(tmp_path, monkeypatch):
