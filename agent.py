@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Categorical
 
-from augment import augment
+from augment import UcbSelector, augment, usable_transforms
 from buffer import RolloutBuffer
 from distributed import Ranks
 from policy import ActorCritic
@@ -101,6 +101,9 @@ class PPO:
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=hp.lr, eps=hp.adam_eps)
         self.generator = torch.Generator().manual_seed(seed)
+        transforms = usable_transforms(policy.spec.frame_channels)
+        self.ucb = UcbSelector(transforms) if hp.augment == "ucb" else None  # UCB-DrAC picks each update's
+        self.augmentation = hp.augment  # the transform of the regularizers in this update
 
     def state(self) -> dict:
         """What an update changes (trained parameters, buffers such as value statistics, optimizer, minibatch
@@ -110,6 +113,7 @@ class PPO:
             "buffers": [b.clone() for b in self.policy.buffers()],
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
+            "ucb": None if self.ucb is None else self.ucb.state_dict(),
         }
 
     def load_state(self, state: dict) -> None:
@@ -119,6 +123,8 @@ class PPO:
                 target.copy_(saved)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if self.ucb is not None:
+            self.ucb.load_state_dict(state["ucb"])
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -137,7 +143,7 @@ class PPO:
         - value: 0.5 (V(s) - V(f(s)))^2.
         A recurrent minibatch's env sequences each get one draw of the augmentation's parameters."""
         groups = 0 if mb.initial_state is None else len(mb.initial_state)
-        frames = augment(mb.inputs, self.hp.augment, self.generator, self.policy.spec.frame_channels, groups)
+        frames = augment(mb.inputs, self.augmentation, self.generator, self.policy.spec.frame_channels, groups)
         aug_logits, aug_value = self.policy.minibatch_heads(self.policy.features(frames), mb.initial_state, mb.starts)
         clean = logits.detach().log_softmax(-1)
         policy_reg = (clean.exp() * (clean - aug_logits.log_softmax(-1))).sum(-1).mean()
@@ -150,6 +156,10 @@ class PPO:
         None when `should_stop()` (asked before every minibatch) cut the update short. Under torchrun every
         decision that changes what runs next (skips, the KL early stop, stopping) is the same on all ranks."""
         self.policy.train()
+        if self.ucb is not None:  # this rollout is the outcome of the last update's transform
+            if self.ucb.current is not None:
+                self.ucb.record(self.ranks.mean(buffer.returns.mean()).item())
+            self.augmentation = self.ucb.select()
         if self.hp.adv_norm == "batch":
             buffer.normalize_advantages()
         normalizer = self.policy.value_normalizer
@@ -198,6 +208,8 @@ class PPO:
         stats = {k: float(v) / max(applied, 1) for k, v in sums.items()}
         stats |= {"epochs": epochs, "minibatches": applied + skipped, "skipped_minibatches": skipped}
         stats["explained_variance"] = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        if self.ucb is not None:
+            stats["ucb_transform"] = self.ucb.current  # the index in usable_transforms of the frames
         return stats
 
     def mean_kl(self, epoch_kl: list[torch.Tensor]) -> float:

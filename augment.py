@@ -10,11 +10,15 @@ where they do not (random_conv).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("none", "crop", "grayscale", "flip", "random_conv")
+TRANSFORMS = ("crop", "grayscale", "flip", "random_conv")
+AUGMENTATIONS = ("none", *TRANSFORMS, "ucb")  # ucb: UCB-DrAC, a bandit picks the transform of each update
 COLOUR_AUGMENTATIONS = ("grayscale", "random_conv")  # these need RGB frames
+UCB_EXPLORATION, UCB_WINDOW = 0.5, 10  # UCB-DrAC's c and the returns each transform's value averages
 CROP_PAD = 12  # DrAC's crop for Procgen's 64x64 frames: replicate-pad 12 pixels, then a random 64x64 window
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as kornia's RgbToGrayscale that DrAC uses
 
@@ -93,3 +97,47 @@ def augment(frames: torch.Tensor, kind: str, generator: torch.Generator, frame_c
     if kind == "random_conv":
         return random_conv(frames, generator, groups, frame_channels)
     return frames
+
+
+def usable_transforms(frame_channels: int) -> tuple[str, ...]:
+    """The transforms that apply to these frames: the colour ones need RGB."""
+    return tuple(t for t in TRANSFORMS if frame_channels == 3 or t not in COLOUR_AUGMENTATIONS)
+
+
+class UcbSelector:
+    """UCB-DrAC's bandit over the transforms (Raileanu et al. 2021, auto-drac `ucb_drac.py`): each update uses the
+    transform with the highest Q(a) + c sqrt(ln N / n(a)), where Q(a) is the mean return (GAE targets averaged over
+    the rollout) of the rollouts collected right after the last `window` updates that used a. The counts start at
+    1, N at 1 and every Q at 0, as theirs do, so the first update takes the first transform."""
+
+    def __init__(self, arms: tuple[str, ...], exploration: float = UCB_EXPLORATION, window: int = UCB_WINDOW):
+        self.arms, self.exploration, self.window = arms, exploration, window
+        self.total, self.counts = 1, [1] * len(arms)
+        self.returns: list[list[float]] = [[] for _ in arms]
+        self.current: int | None = None  # the arm of the last update, whose outcome is the next rollout
+
+    def value(self, arm: int) -> float:
+        return sum(self.returns[arm]) / len(self.returns[arm]) if self.returns[arm] else 0.0
+
+    def select(self) -> str:
+        scores = [
+            self.value(a) + self.exploration * math.sqrt(math.log(self.total) / n) for a, n in enumerate(self.counts)
+        ]
+        self.current = max(range(len(self.arms)), key=scores.__getitem__)  # the first of equals, as np.argmax
+        return self.arms[self.current]
+
+    def record(self, mean_return: float) -> None:
+        """The mean return of the rollout collected after an update with the current arm."""
+        self.total += 1
+        self.counts[self.current] += 1
+        self.returns[self.current] = (self.returns[self.current] + [mean_return])[-self.window :]
+
+    def state_dict(self) -> dict:
+        return {"arms": list(self.arms), "total": self.total, "counts": list(self.counts),
+                "returns": [list(r) for r in self.returns], "current": self.current}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        if tuple(state["arms"]) != self.arms:
+            raise ValueError(f"UCB-DrAC arms {state['arms']} are not this run's {list(self.arms)}")
+        self.total, self.counts, self.current = state["total"], list(state["counts"]), state["current"]
+        self.returns = [list(r) for r in state["returns"]]

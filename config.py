@@ -153,7 +153,8 @@ class Config:
     )
     augment: str = arg(
         "none",
-        "DrAC: regularize the policy and value on augmented frames (the PPO loss stays clean)",
+        "DrAC: regularize the policy and value on augmented frames (the PPO loss stays clean); ucb: UCB-DrAC's "
+        "bandit picks the transform of each update",
         choices=AUGMENTATIONS,
     )
     drac_coef: float = arg(0.1, "weight of DrAC's two regularizers (the paper's alpha_r)", check=NON_NEGATIVE)

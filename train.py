@@ -515,6 +515,7 @@ class Trainer:
                 "episodes": self.episodes.state_dict(),
                 "ranks": ranks,  # local_state() of every rank, in rank order
                 "wandb_id": self.logger.wandb_id,
+                "ucb": None if self.ppo.ucb is None else self.ppo.ucb.state_dict(),  # the same on every rank
             },
         }
 
@@ -552,6 +553,8 @@ class Trainer:
         set_rng_state(mine["rng"], self.ppo.generator, self.device)
         self.scaler.load_state_dict(mine["reward_scaler"])
         self.episodes.load_state_dict(resume["episodes"])
+        if self.ppo.ucb is not None:
+            self.ppo.ucb.load_state_dict(resume["ucb"])
         self.pending_update = mine.get("pending_rollout") is not None
         if self.pending_update:
             self.buffer.load_state_dict(mine["pending_rollout"])

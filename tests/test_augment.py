@@ -1,5 +1,8 @@
 """DrAC: each augmentation against hand-computed examples, one draw per sample (or env sequence) for all its frames,
-a PPO loss that never sees augmented frames, regularizers that vanish for the identity, clean evaluation."""
+a PPO loss that never sees augmented frames, regularizers that vanish for the identity, clean evaluation; UCB-DrAC's
+bandit against hand-computed bounds, and its state through a checkpoint."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -7,7 +10,8 @@ import torch.nn.functional as F
 from toy_env import GridGoalVecEnv
 
 import agent
-from augment import GRAY_WEIGHTS, augment, crop, flip, grayscale, random_conv
+from augment import GRAY_WEIGHTS, TRANSFORMS, UcbSelector, augment, crop, flip, grayscale, random_conv
+from checkpoint import load_checkpoint
 from config import Config
 from errors import UsageError
 from train import Trainer
@@ -134,3 +138,53 @@ def test_colour_augmentations_need_rgb_frames(tmp_path):
     cfg = small_config(tmp_path / "run_1", augment="grayscale", env="atari/Breakout", history_length=2)
     with pytest.raises(UsageError, match="needs RGB frames"):
         Trainer(cfg)
+
+
+def test_ucb_picks_the_highest_upper_confidence_bound_as_auto_drac_does():
+    ucb = UcbSelector(("crop", "grayscale", "flip"))  # c = 0.5; counts 1, N 1, Q 0
+    assert ucb.select() == "crop"  # every bound is 0 (ln 1): the first
+    ucb.record(1.0)  # crop: Q 1, n 2, N 2 -> 1 + 0.5 sqrt(ln 2 / 2) = 1.29 against 0.5 sqrt(ln 2) = 0.42
+    assert ucb.select() == "crop"
+    ucb.record(-1.0)  # crop: Q 0, n 3, N 3 -> 0.5 sqrt(ln 3 / 3) = 0.30 against 0.5 sqrt(ln 3) = 0.52
+    assert ucb.select() == "grayscale"
+
+
+def test_ucb_values_average_the_returns_of_the_last_window():
+    ucb = UcbSelector(("crop",), window=3)
+    for mean_return in (100.0, 1.0, 2.0, 3.0):
+        ucb.select()
+        ucb.record(mean_return)
+    assert ucb.value(0) == 2.0 and ucb.counts == [5] and ucb.total == 5
+
+
+def test_ucb_drac_picks_a_transform_per_update_and_its_bandit_survives_a_checkpoint(tmp_path):
+    cfg = small_config(tmp_path / "run_1", augment="ucb", steps=96)
+    trainer = Trainer(cfg, envs=GridGoalVecEnv(4, seed=0), eval_envs=GridGoalVecEnv(2, seed=1))
+    assert trainer.ppo.ucb.arms == TRANSFORMS  # RGB frames: every transform
+    returns = []
+    for _ in range(3):
+        assert trainer.train_one_update()
+        returns.append(trainer.buffer.returns.mean().item())
+    ucb = trainer.ppo.ucb
+    assert ucb.total == 3 and sum(ucb.counts) == len(TRANSFORMS) + 2  # outcomes of the first two updates
+    assert sum(ucb.returns, []) == pytest.approx(returns[1:])  # each update's outcome: the next rollout's returns
+    assert trainer.ppo.augmentation == ucb.arms[ucb.current]
+    before, bandit = trainer.ppo.state(), ucb.state_dict()
+    trainer.ppo.update(trainer.buffer)  # as a stop signal mid-update: the update is undone, the bandit too
+    assert ucb.state_dict() != bandit
+    trainer.ppo.load_state(before)
+    assert ucb.state_dict() == bandit
+    assert trainer.save("last.pth", with_env_state=False)
+    trainer.close()
+    resumed_cfg = dataclasses.replace(cfg, resume=str(tmp_path / "run_1" / "last.pth"))
+    payload = load_checkpoint(tmp_path / "run_1" / "last.pth")
+    resumed = Trainer(resumed_cfg, payload, envs=GridGoalVecEnv(4, seed=0), eval_envs=GridGoalVecEnv(2, seed=1))
+    assert resumed.ppo.ucb.state_dict() == ucb.state_dict()
+    resumed.close()
+
+
+def test_ucb_on_grey_frames_chooses_among_the_transforms_for_them(tmp_path):
+    cfg = small_config(tmp_path / "run_1", augment="ucb", env="atari/Breakout", history_length=2)
+    trainer = Trainer(cfg)
+    assert trainer.ppo.ucb.arms == ("crop", "flip")
+    trainer.close()
