@@ -307,6 +307,8 @@ def read_run_file(path: str | os.PathLike) -> dict:
         return {}
     if not isinstance(values, dict):
         raise UsageError(f"{path}: expected a mapping of settings (key: value), got {type(values).__name__}")
+    if text.startswith(RUN_FILE_HEADER):  # written by a run: a missing key did not exist yet (see from_checkpoint)
+        values = DEFAULTS_BEFORE_CRAFTER_CPU | values
     return {key: checked_value(path, key, value) for key, value in upgrade_legacy(values).items()}
 
 
@@ -359,12 +361,14 @@ def default_run_file() -> str:
     return "\n".join(lines) + "\n"
 
 
+RUN_FILE_HEADER = "# pixelppo run file: `python train.py --config THIS_FILE --logdir logs/run_N` repeats this run.\n"
+
+
 def write_run_file(cfg: Config, path: Path, note: str = "") -> None:
     """config.yaml: the run's settings, with an optional comment line `note` (what they resolved to)."""
     from checkpoint import atomic_write
 
-    header = "# pixelppo run file: `python train.py --config THIS_FILE --logdir logs/run_N` repeats this run.\n"
-    header += f"# {note}\n" if note else ""
+    header = RUN_FILE_HEADER + f"# {note}\n" if note else RUN_FILE_HEADER
     text = header + yaml.safe_dump(cfg.run_file_dict(), sort_keys=False)
     atomic_write(path, lambda f: f.write(text.encode()))
 

@@ -11,7 +11,17 @@ import torch
 import yaml
 
 import train
-from config import CONFIG_DIR, FIELDS, INVOCATION_ONLY, Config, config_from_args, default_run_file, preset_names
+from config import (
+    CONFIG_DIR,
+    FIELDS,
+    INVOCATION_ONLY,
+    RUN_FILE_HEADER,
+    Config,
+    config_from_args,
+    default_run_file,
+    preset_names,
+    read_run_file,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PROCGEN = [
@@ -130,3 +140,15 @@ def test_progress_shows_within_seconds_of_the_start(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_run_files_written_before_a_setting_existed_repeat_their_run(tmp_path):
+    """A run's config.yaml lists every setting its version knew; one missing there ran with the default of its time
+    (the defaults since changed to the crafter-cpu recipe). A hand-written file takes today's defaults."""
+    written = tmp_path / "config.yaml"
+    written.write_text(RUN_FILE_HEADER + "env: crafter\nnum_envs: 4\n")
+    values = read_run_file(written)
+    assert (values["num_envs"], values["trunk_hidden"], values["value_norm"], values["gamma"]) == (4, 0, False, 0.99)
+    by_hand = tmp_path / "mine.yaml"
+    by_hand.write_text("env: crafter\nnum_envs: 4\n")
+    assert read_run_file(by_hand) == {"env": "crafter", "num_envs": 4}
