@@ -9,6 +9,8 @@ these machines are noisy:
   backbone in every epoch, and whether the learned heads come out the same.
 - recurrent_update: the PPO update of GRU and LSTM policies against the feed-forward one (same backbone and
   batch), with no episode start inside the rollout, starts every 32 steps, and starts at every step.
+- update_chunks: the PPO update with the backbone on chunks of frames (ActorCritic.cpu_chunk) against whole
+  minibatches, for each preset's network and minibatch size.
 - augment_update: the PPO update with DrAC (--augment crop, random_conv) against none (procgen-official's network).
 - ranks: train.py on one process against two torchrun processes on the same global batch.
 - default_run: `python train.py` (the crafter-cpu recipe) in fp32 and in bf16: steps/s and minutes per 1M-step run.
@@ -219,11 +221,17 @@ def bench_update_cache(quick: bool) -> dict:
     }
 
 
-def update_seconds(spec: PolicySpec, cfg, T: int, start_every: int, repeats: int) -> float:
+def update_seconds(
+    spec: PolicySpec, cfg, T: int, start_every: int, repeats: int, precision: str = "fp32", cpu_chunk: int | None = None
+) -> float:
     """Best-of-`repeats` seconds of one PPO update with `cfg`'s settings on a random rollout of T steps x
-    cfg.num_envs whose episodes start every `start_every` steps in all envs (0: never inside the rollout)."""
+    cfg.num_envs whose episodes start every `start_every` steps in all envs (0: never inside the rollout), with the
+    backbone in `precision` on chunks of `cpu_chunk` frames (None: the policy's default)."""
     torch.manual_seed(0)
     policy = ActorCritic(spec)
+    policy.precision = precision
+    if cpu_chunk is not None:
+        policy.cpu_chunk = cpu_chunk
     N, A = cfg.num_envs, spec.num_actions
     state_size = policy.core.state_size if policy.core is not None else 0
     buf = RolloutBuffer(T, N, spec.obs_shape, torch.device("cpu"), None, None, state_size)
@@ -283,6 +291,36 @@ def bench_augment_update(quick: bool) -> dict:
         out[f"{kind}_seconds"] = round(update_seconds(spec, cfg, T, 0, repeats), 3)
     for kind in ("crop", "random_conv"):
         out[f"{kind}_ratio"] = round(out[f"{kind}_seconds"] / out["none_seconds"], 2)
+    return out
+
+
+UPDATE_CHUNK_CASES = {  # preset: backbone, frame shape, actions, its minibatch size
+    "procgen_official": ("impala_cnn", (3, 64, 64), 15, 2048),
+    "crafter_moon": ("impala_cnn_moon", (3, 64, 64), 17, 512),
+    "crafter_cpu": ("nature_cnn", (3, 64, 64), 17, 512),
+    "atari_cleanrl": ("nature_cnn", (4, 84, 84), 4, 256),
+}
+
+
+def bench_update_chunks(quick: bool) -> dict:
+    """The PPO update with the backbone on chunks of 64, 128 or 256 frames (ActorCritic.cpu_chunk) against the
+    whole minibatch at once, for each preset's network and minibatch size (3 epochs of 2 minibatches; the
+    precision `--precision auto` picks here), alternated: ratio > 1 means the chunked update is faster."""
+    from config import Config, resolve_precision
+
+    precision = resolve_precision("auto", torch.device("cpu"))
+    chunks, minibatches, repeats = ((0, 128), 1, 1) if quick else ((0, 64, 128, 256), 2, 2)
+    out: dict = {"precision": precision}
+    for name, (backbone, shape, actions, minibatch) in UPDATE_CHUNK_CASES.items():
+        spec = PolicySpec(backbone, shape, 1, actions, head_hidden=0, freeze_backbone=False)
+        cfg = Config(num_envs=8, update_epochs=3, num_minibatches=minibatches)
+        T = minibatches * minibatch // cfg.num_envs
+        seconds = {c: update_seconds(spec, cfg, T, 0, repeats, precision, c) for c in chunks}
+        case = {"minibatch": minibatch, "whole_seconds": round(seconds[0], 3)}
+        for c in chunks[1:]:
+            case[f"chunk_{c}_seconds"] = round(seconds[c], 3)
+            case[f"chunk_{c}_speedup"] = round(seconds[0] / seconds[c], 2)
+        out[name] = case
     return out
 
 
@@ -506,7 +544,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter measurements (minutes, not tens of minutes)")
     parser.add_argument(
         "--only",
-        default="crafter_env,update_cache,recurrent_update,augment_update,ranks,default_run,training,gpu",
+        default="crafter_env,update_cache,recurrent_update,update_chunks,augment_update,ranks,default_run,training,gpu",
         help="comma-separated sections",
     )
     parser.add_argument("--out", default="", help="also write the JSON to this file (e.g. bench/results/...)")
@@ -527,6 +565,8 @@ def main() -> None:
         results["ranks"] = bench_ranks(args.quick)
     if "recurrent_update" in sections:
         results["recurrent_update"] = bench_recurrent_update(args.quick)
+    if "update_chunks" in sections:
+        results["update_chunks"] = bench_update_chunks(args.quick)
     if "augment_update" in sections:
         results["augment_update"] = bench_augment_update(args.quick)
     if "default_run" in sections:

@@ -169,3 +169,28 @@ def test_gumbel_max_sampling_draws_the_policy_distribution():
     draws = gumbel_max_sample(logits.expand(400_000, 5))
     frequencies = torch.bincount(draws, minlength=5) / len(draws)
     torch.testing.assert_close(frequencies, logits.softmax(-1), atol=3e-3, rtol=0)  # ~4 standard errors
+
+
+@pytest.mark.parametrize("backbone", ["impala_cnn", "resnet10t"])  # resnet10t: BatchNorm, kept in eval mode
+def test_backbone_in_chunks_gives_the_whole_batch_features_and_gradients(backbone):
+    torch.manual_seed(0)
+    spec = PolicySpec(backbone, (3, 64, 64), 3, 15, head_hidden=0, freeze_backbone=False)
+    policy = ActorCritic(spec).train()
+    obs = torch.randint(0, 255, (300, 3, 64, 64), dtype=torch.uint8)
+    weights = torch.randn(300, policy.feature_dim)
+    calls = []
+    policy.backbone.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+
+    def features_and_grads(chunk: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        policy.cpu_chunk = chunk
+        policy.zero_grad()
+        features = policy.features(obs)
+        (features * weights).sum().backward()
+        return features.detach(), [p.grad.clone() for p in policy.backbone.parameters()]
+
+    whole, whole_grads = features_and_grads(0)
+    chunked, chunked_grads = features_and_grads(128)
+    assert calls == [300, 128, 128, 44]
+    assert torch.allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+    for a, b in zip(chunked_grads, whole_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
