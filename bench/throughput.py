@@ -539,12 +539,25 @@ def bench_gpu(quick: bool) -> dict:
     return {"gpu": torch.cuda.get_device_name(0), "atari": atari, "crafter_moon": crafter_moon, "default_run": default}
 
 
+SECTIONS = {  # --only's names, in the order they run
+    "crafter_env": bench_crafter_env,
+    "update_cache": bench_update_cache,
+    "ranks": bench_ranks,
+    "recurrent_update": bench_recurrent_update,
+    "update_chunks": bench_update_chunks,
+    "augment_update": bench_augment_update,
+    "default_run": bench_default_run,
+    "training": bench_training,
+    "gpu": bench_gpu,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter measurements (minutes, not tens of minutes)")
     parser.add_argument(
         "--only",
-        default="crafter_env,update_cache,recurrent_update,update_chunks,augment_update,ranks,default_run,training,gpu",
+        default=",".join(SECTIONS),
         help="comma-separated sections",
     )
     parser.add_argument("--out", default="", help="also write the JSON to this file (e.g. bench/results/...)")
@@ -556,25 +569,12 @@ def main() -> None:
         print(json.dumps(train_steps_per_s(args.child, args.updates, args.extra)))
         return
     results: dict = {"hardware": hardware_info(), "torch_threads": torch.get_num_threads(), "quick": args.quick}
-    sections = args.only.split(",")
-    if "crafter_env" in sections:
-        results["crafter_env"] = bench_crafter_env(args.quick)
-    if "update_cache" in sections:
-        results["update_cache"] = bench_update_cache(args.quick)
-    if "ranks" in sections:
-        results["ranks"] = bench_ranks(args.quick)
-    if "recurrent_update" in sections:
-        results["recurrent_update"] = bench_recurrent_update(args.quick)
-    if "update_chunks" in sections:
-        results["update_chunks"] = bench_update_chunks(args.quick)
-    if "augment_update" in sections:
-        results["augment_update"] = bench_augment_update(args.quick)
-    if "default_run" in sections:
-        results["default_run"] = bench_default_run(args.quick)
-    if "training" in sections:
-        results["training"] = bench_training(args.quick)
-    if "gpu" in sections:
-        results["gpu"] = bench_gpu(args.quick)
+    unknown = set(args.only.split(",")) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
+    for name, bench in SECTIONS.items():  # in this order whatever the order of --only
+        if name in args.only.split(","):
+            results[name] = bench(args.quick)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
