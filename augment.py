@@ -18,7 +18,9 @@ import torch.nn.functional as F
 TRANSFORMS = ("crop", "grayscale", "flip", "random_conv")
 AUGMENTATIONS = ("none", *TRANSFORMS, "ucb")  # ucb: UCB-DrAC, a bandit picks the transform of each update
 COLOUR_AUGMENTATIONS = ("grayscale", "random_conv")  # these need RGB frames
-UCB_EXPLORATION, UCB_WINDOW = 0.5, 10  # UCB-DrAC's c and the returns each transform's value averages
+# UCB-DrAC's c and the returns each transform's value averages: the values its runs used (auto-drac's arguments.py:
+# --ucb_exploration_coef 0.1, --ucb_window_length 10; its UCB class's own default c, 0.5, is always overridden)
+UCB_EXPLORATION, UCB_WINDOW = 0.1, 10
 CROP_PAD = 12  # DrAC's crop for Procgen's 64x64 frames: replicate-pad 12 pixels, then a random 64x64 window
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as kornia's RgbToGrayscale that DrAC uses
 

@@ -141,11 +141,11 @@ def test_colour_augmentations_need_rgb_frames(tmp_path):
 
 
 def test_ucb_picks_the_highest_upper_confidence_bound_as_auto_drac_does():
-    ucb = UcbSelector(("crop", "grayscale", "flip"))  # c = 0.5; counts 1, N 1, Q 0
+    ucb = UcbSelector(("crop", "grayscale", "flip"))  # c = 0.1 (their runs'); counts 1, N 1, Q 0
     assert ucb.select() == "crop"  # every bound is 0 (ln 1): the first
-    ucb.record(1.0)  # crop: Q 1, n 2, N 2 -> 1 + 0.5 sqrt(ln 2 / 2) = 1.29 against 0.5 sqrt(ln 2) = 0.42
-    assert ucb.select() == "crop"
-    ucb.record(-1.0)  # crop: Q 0, n 3, N 3 -> 0.5 sqrt(ln 3 / 3) = 0.30 against 0.5 sqrt(ln 3) = 0.52
+    ucb.record(0.1)  # crop: Q 0.1, n 2, N 2 -> 0.1 + 0.1 sqrt(ln 2 / 2) = 0.159 against 0.1 sqrt(ln 2) = 0.083
+    assert ucb.select() == "crop"  # (with their class's unused default c = 0.5: 0.394 against 0.416, grayscale)
+    ucb.record(-1.0)  # crop: Q -0.45, n 3, N 3 -> -0.45 + 0.1 sqrt(ln 3 / 3) = -0.39 against 0.1 sqrt(ln 3) = 0.105
     assert ucb.select() == "grayscale"
 
 
