@@ -49,6 +49,7 @@ def arg(
 # `check` rules: (is the value allowed, what is allowed)
 AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
+AT_LEAST_MINUS_1 = (lambda v: v >= -1, "-1 or more")
 POSITIVE = (lambda v: v > 0, "positive")
 POSITIVE_OR_NONE = (lambda v: v is None or v > 0, "positive or none")
 DISCOUNT = (lambda v: 0 < v <= 1, "in (0, 1]")
@@ -115,6 +116,11 @@ class Config:
     value_norm: bool = arg(True, "the value head predicts normalized returns (EWMA statistics of the targets)")
     image_size: int = arg(
         0, "resize frames to N x N before the backbone (0: native size; ImageNet nets like ~224)", check=NON_NEGATIVE
+    )
+    feature_level: int = arg(
+        -1,
+        "features: the backbone's flattened map at this level (0: stride 2, 1: stride 4, ...), as PIE-G; -1: pooled",
+        check=AT_LEAST_MINUS_1,
     )
     recurrent: str = arg("none", "recurrent core between the trunk and the heads", choices=("none", "gru", "lstm"))
     recurrent_size: int = arg(256, "units of the recurrent core", check=AT_LEAST_1)

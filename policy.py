@@ -268,10 +268,12 @@ def check_backbone(name: str) -> None:
         raise UsageError(f"unknown backbone {name!r}; see timm.list_models() or use nature_cnn / impala_cnn")
 
 
-def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file: str = "") -> tuple[nn.Module, bool]:
-    """A timm model with its classifier removed, and whether pretrained weights were loaded. They come from
-    `pretrained_file` when given, else from the local hub cache or the hub; when they cannot be had, warn and
-    keep the random init."""
+def create_backbone(
+    name: str, in_chans: int, pretrained: bool, pretrained_file: str = "", feature_level: int = -1
+) -> tuple[nn.Module, bool]:
+    """A timm model with its classifier removed (cut after `feature_level`, see `FeatureLevel`, when >= 0), and
+    whether pretrained weights were loaded. They come from `pretrained_file` when given, else from the local hub
+    cache or the hub; when they cannot be had, warn and keep the random init."""
     check_backbone(name)
     kwargs = {"num_classes": 0, "in_chans": in_chans}
     if pretrained and not pretrained_file:
@@ -279,14 +281,38 @@ def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file:
         if not pretrained_file:
             warnings.warn(f"no pretrained weights for {name} ({reason}); using random init", stacklevel=2)
     if not pretrained_file:
-        return timm.create_model(name, pretrained=False, **kwargs), False
-    if not os.path.isfile(pretrained_file):
+        model, loaded = timm.create_model(name, pretrained=False, **kwargs), False
+    elif not os.path.isfile(pretrained_file):
         raise UsageError(f"backbone weights file not found: {pretrained_file}")
-    try:
-        overlay = {"file": pretrained_file}
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs), True
-    except (OSError, RuntimeError, KeyError, ValueError) as e:
-        raise UsageError(f"cannot load backbone weights from {pretrained_file}: {str(e).splitlines()[0]}") from e
+    else:
+        try:
+            overlay = {"file": pretrained_file}
+            model, loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs), True
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise UsageError(f"cannot load backbone weights from {pretrained_file}: {str(e).splitlines()[0]}") from e
+    return (FeatureLevel(model, name, feature_level) if feature_level >= 0 else model), loaded
+
+
+class FeatureLevel(nn.Module):
+    """A timm model cut after one of its feature levels (timm's feature_info: level 0 at stride 2, each next one
+    at twice the stride; EfficientNet-Lite0 at 64x64: 16x32x32, 24x16x16, 40x8x8, 112x4x4, 320x2x2), whose map,
+    flattened, is the features: early layers at the frame's own resolution, as PIE-G uses a frozen pretrained
+    ResNet's (Yuan et al. 2022). The layers after that level are removed (timm's prune_intermediate_layers)."""
+
+    def __init__(self, model: nn.Module, name: str, level: int):
+        super().__init__()
+        levels = len(getattr(model, "feature_info", []) or [])
+        if not hasattr(model, "forward_intermediates") or not levels:
+            raise UsageError(f"--feature-level: backbone {name} has no feature levels (timm's forward_intermediates)")
+        if level >= levels:
+            raise UsageError(f"--feature-level {level}: backbone {name} has feature levels 0 to {levels - 1}")
+        model.prune_intermediate_layers([level], prune_norm=True, prune_head=True)
+        self.model, self.level = model, level
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", {})  # the input normalization its weights expect
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C' * H' * W'): the feature map at this level, flattened."""
+        return self.model.forward_intermediates(x, indices=[self.level], intermediates_only=True)[0].flatten(1)
 
 
 def locate_pretrained_weights(name: str, timeout: float = 3.0) -> tuple[str, str]:
@@ -344,6 +370,7 @@ class PolicySpec:
     trunk_hidden: int = 0  # a shared dense layer (with ReLU) between the features and the heads; 0: none
     value_norm: bool = False  # the value head predicts normalized returns (EwmaNormalizer)
     image_size: int = 0  # frames resized to this square size before the backbone; 0: native size
+    feature_level: int = -1  # >= 0: the backbone's flattened feature map at this level (FeatureLevel); -1: pooled
     recurrent: str = "none"  # none, gru or lstm: a recurrent core between the trunk and the heads
     recurrent_size: int = 256
 
@@ -479,7 +506,9 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.spec = spec
         in_chans, height, width = spec.obs_shape
-        self.backbone, self.pretrained_loaded = create_backbone(spec.backbone, in_chans, pretrained, pretrained_file)
+        self.backbone, self.pretrained_loaded = create_backbone(
+            spec.backbone, in_chans, pretrained, pretrained_file, spec.feature_level
+        )
         mean, std = input_normalization(self.backbone, in_chans, spec.frame_channels)
         # (pixel / 255 - mean) / std as one multiply-add: pixel * scale + shift
         self.register_buffer("pixel_scale", 1.0 / (255.0 * std), persistent=False)

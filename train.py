@@ -118,8 +118,8 @@ def build_policy(
     spec = PolicySpec(
         cfg.backbone, envs.obs_shape, envs.frame_channels, envs.num_actions, head_hidden=cfg.head_hidden,
         freeze_backbone=cfg.freeze_backbone, feature_norm=cfg.feature_norm, trunk_hidden=cfg.trunk_hidden,
-        value_norm=cfg.value_norm, image_size=cfg.image_size, recurrent=cfg.recurrent,
-        recurrent_size=cfg.recurrent_size,
+        value_norm=cfg.value_norm, image_size=cfg.image_size, feature_level=cfg.feature_level,
+        recurrent=cfg.recurrent, recurrent_size=cfg.recurrent_size,
     )  # fmt: skip
     if cfg.augment in COLOUR_AUGMENTATIONS and spec.frame_channels != 3:
         raise UsageError(

@@ -21,6 +21,9 @@ Experiments:
   --steps stops early). Metric: Crafter score over all training episodes (the published protocol).
 - crafter-ablations: crafter-cpu (Moon et al.'s PPO on the Nature CNN) with one of its ingredients left out per
   system, at equal steps; `--reuse bench/results/crafter-1024k.json` brings crafter-cpu's own runs.
+- crafter-frozen-levels: crafter-cpu's recipe on frozen ImageNet EfficientNet-Lite0 features taken early, at the
+  frame's resolution, as PIE-G does (`--feature-level 1`: 24 x 16 x 16, level 2: 40 x 8 x 8), against crafter-cpu
+  itself (`--reuse bench/results/crafter-1024k.json`).
 - procgen-starpilot: `--preset procgen-official`, with and without DrAC (`--augment crop`), against a plain PyTorch loop
   over ProcgenGym3Env with the same settings (bench/baselines.py). Metric: mean return of the last 100 training
   episodes; evaluate.py then scores each pixelppo run's last checkpoint on its training levels and on unseen
@@ -66,6 +69,8 @@ FROZEN = ["--preset", "effnetv2s-frozen"]  # the first default run's design: Cle
 NATURE_CNN = [*FROZEN, "--backbone", "nature_cnn", "--no-pretrained", "--no-freeze-backbone", "--num-envs", "16",
               "--head-hidden", "0", *CRAFTER_BUDGET]  # fmt: skip
 CRAFTER_CPU = ["--preset", "crafter-moon", "--backbone", "nature_cnn", "--steps", "1024000"]  # = crafter-cpu
+LITE0_FROZEN = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "--pretrained-file", "LITE0",
+                "--freeze-backbone"]  # fmt: skip
 ATARI_BREAKOUT = ["--preset", "atari-cleanrl", "--env", "atari/Breakout", "--steps", "10000000"]
 
 EXPERIMENTS: dict[str, dict] = {
@@ -105,6 +110,16 @@ EXPERIMENTS: dict[str, dict] = {
             System("gamma_099_lambda_095", [*CRAFTER_CPU, "--gamma", "0.99", "--gae-lambda", "0.95"]),
             System("rollout_32x128", [*CRAFTER_CPU, "--num-envs", "32", "--num-steps", "128"]),  # same batch, shorter
             System("epochs_4", [*CRAFTER_CPU, "--update-epochs", "4"]),
+        ],
+    },
+    # Can frozen pretrained features compete when taken early, at native resolution (PIE-G, Yuan et al. 2022)?
+    "crafter-frozen-levels": {
+        "metric": "crafter_score",
+        "evaluate_episodes": 100,
+        "systems": [
+            System("crafter_moon_nature_cnn", [*CRAFTER_CPU]),  # crafter-cpu itself (bench/results/crafter-1024k)
+            System("lite0_level1_frozen", [*CRAFTER_CPU, *LITE0_FROZEN, "--feature-level", "1"]),
+            System("lite0_level2_frozen", [*CRAFTER_CPU, *LITE0_FROZEN, "--feature-level", "2"]),
         ],
     },
     "procgen-starpilot": {

@@ -194,3 +194,23 @@ def test_backbone_in_chunks_gives_the_whole_batch_features_and_gradients(backbon
     assert torch.allclose(chunked, whole, rtol=1e-5, atol=1e-5)
     for a, b in zip(chunked_grads, whole_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+def test_feature_level_needs_a_backbone_with_levels_and_one_it_has():
+    with pytest.raises(UsageError, match="nature_cnn has no feature levels"):
+        create_backbone("nature_cnn", 3, pretrained=False, feature_level=0)
+    with pytest.raises(UsageError, match="feature levels 0 to 4"):
+        create_backbone("resnet10t", 3, pretrained=False, feature_level=5)
+
+
+def test_feature_level_features_are_the_flattened_map_and_are_cached_when_frozen():
+    torch.manual_seed(0)
+    spec = PolicySpec("resnet10t", (3, 64, 64), 3, 17, head_hidden=0, freeze_backbone=True, feature_level=1)
+    policy = ActorCritic(spec)
+    assert policy.feature_dim == 64 * 16 * 16  # resnet10t's level 1: 64 channels at stride 4
+    assert policy.caches_features
+    obs = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    rebuilt = ActorCritic(PolicySpec.from_dict(spec.to_dict()))  # what a checkpoint rebuilds
+    rebuilt.load_state_dict(policy.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.features(obs), policy.features(obs))

@@ -12,6 +12,7 @@ import timm
 import torch
 
 import weights
+from policy import create_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,6 +88,27 @@ def test_cli_file_loads_through_timm_as_the_converted_backbone(tmp_path):
     assert loaded.keys() == expected.keys()
     assert all(torch.equal(loaded[k], v) for k, v in expected.items())
     assert backbone.pretrained_cfg["mean"] == backbone.pretrained_cfg["std"] == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(("level", "last_block", "shape"), [(1, 2, (24, 16, 16)), (2, 4, (40, 8, 8))])
+def test_feature_level_is_the_reference_map_at_that_stride(tmp_path, level, last_block, shape):
+    """--feature-level with the real ImageNet weights: the reference network's own map after its last block of
+    that stride (PIE-G's early frozen features), flattened; the layers after it are gone."""
+    path = tmp_path / "lite0.pth"
+    torch.save(converted(), path)
+    backbone, loaded = create_backbone("tf_efficientnet_lite0", 3, True, str(path), feature_level=level)
+    assert loaded and backbone.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+    maps = {}
+    hook = reference(None)._blocks[last_block].register_forward_hook(lambda m, i, out: maps.setdefault("out", out))
+    x = smooth_image(64, 64)
+    with torch.no_grad():
+        reference(None)(x)
+        features = backbone.eval()(x)
+    hook.remove()
+    assert maps["out"].shape[1:] == shape
+    torch.testing.assert_close(features, maps["out"].flatten(1), rtol=1e-5, atol=1e-5 * maps["out"].abs().max().item())
+    later = sum(p.numel() for p in converted_model().parameters()) - sum(p.numel() for p in backbone.parameters())
+    assert later > 3_000_000  # the head and the later stages were removed
 
 
 def test_cli_rejects_an_unknown_model_in_one_line():
