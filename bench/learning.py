@@ -9,7 +9,9 @@ read back, not run again; a stopped pixelppo run is continued with --resume, so 
 several sessions. `--reuse bench/results/FILE.json` takes finished runs from a committed results file instead of
 running them again (cut at --steps): on the CPU the same command reproduces a run's curve exactly. `--partial`
 trains nothing and writes the curves of runs stopped short of --steps (SIGTERM saves them) as
-<experiment>-<steps>-partial.json, to commit a long experiment's progress at the end of a sitting.
+<experiment>-<steps>-partial.json, to commit a long experiment's progress at the end of a sitting. A run stopped
+by SIGTERM or SIGINT while this script waits for it is reported as stopped; the others go on, and the results
+are written as <experiment>-<steps>-partial.json too.
 
 Experiments:
 - atari-breakout: `--preset atari-cleanrl` in fp32 and in bf16 (`--precision`) against CleanRL's ppo_atari.py
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOGS = Path(os.environ.get("PIXELPPO_LEARNING_LOGS", ROOT / "logs" / "learning"))  # runs (kept between sittings)
 RESULTS = ROOT / "bench" / "results"
 QUIET = ["--wandb-mode", "disabled", "--no-eval-video", "--progress-interval", "120"]
+STOP_CODES = {128 + signal.SIGTERM, 128 + signal.SIGINT}  # train.py saved and stopped on a signal
 
 # Published or measured reference lines drawn beside the curves: (label, value).
 REFERENCES = {
@@ -171,8 +175,18 @@ def run_pixelppo(system: System, seed: int, steps: int, logdir: Path, threads: s
             cmd += ["--steps", str(steps)]
     env = os.environ | {"OMP_NUM_THREADS": threads}
     with open(logdir.parent / f"{logdir.name}.log", "a") as log:
-        subprocess.run([sys.executable, str(ROOT / "train.py"), *cmd], stdout=log, stderr=log, env=env, check=True)
+        code = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *cmd], stdout=log, stderr=log, env=env
+        ).returncode
+    if code in STOP_CODES:
+        raise RunStopped(code)
+    if code != 0:
+        raise subprocess.CalledProcessError(code, ["train.py", *cmd])
     return read_pixelppo(logdir, metric)
+
+
+class RunStopped(Exception):
+    """train.py was stopped by a signal: its checkpoint is saved and the same command continues it."""
 
 
 def read_pixelppo(logdir: Path, metric: str) -> dict:
@@ -228,11 +242,19 @@ def run_one(
     done = logdir / "result.json"
     if done.exists() and json.loads(done.read_text())["steps"] >= steps:
         return json.loads(done.read_text())
-    if partial:  # a stopped run as it stands, to commit its curve so far
-        return {"system": system.name, "seed": seed, "partial": True} | read_pixelppo(logdir, experiment["metric"])
+    so_far = {"system": system.name, "seed": seed, "partial": True}  # a stopped run as it stands
+    if partial:  # to commit its curve so far
+        return so_far | read_pixelppo(logdir, experiment["metric"])
     print(f"running {logdir.name} for {steps:,} steps", flush=True)
     runner = run_pixelppo if system.train_args is not None else run_baseline
-    result = {"system": system.name, "seed": seed} | runner(system, seed, steps, logdir, threads, experiment["metric"])
+    try:
+        result = {"system": system.name, "seed": seed} | runner(
+            system, seed, steps, logdir, threads, experiment["metric"]
+        )
+    except RunStopped:
+        result = so_far | read_pixelppo(logdir, experiment["metric"])
+        print(f"{logdir.name} stopped at {result['steps']:,} steps; the same command continues it", flush=True)
+        return result
     if system.train_args is not None and experiment.get("evaluate_episodes"):
         result["evaluate"], achievements = evaluate_sets(logdir, experiment["evaluate_episodes"], threads)
         if achievements:
@@ -335,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs = list(pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment, args.partial), jobs))
     summary = summarize(args.experiment, runs, args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{args.experiment}-{budget_name(args.steps)}{'-partial' if args.partial else ''}"
+    partial = any(run.get("partial") for run in runs)  # --partial, or a run stopped by a signal
+    out = RESULTS / f"{args.experiment}-{budget_name(args.steps)}{'-partial' if partial else ''}"
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     plot(summary, out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in summary["table"].items()}, indent=1))

@@ -1,7 +1,12 @@
 """bench/learning.py end to end on a tiny Procgen system: train, continue with --resume, evaluate.py, summarize."""
 
 import json
+import os
+import signal
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -96,3 +101,36 @@ def test_crafter_runs_report_score_and_achievement_rates_of_the_final_agent(tmp_
     assert len(achievements["success_rates"]) == 22 and 0 <= achievements["crafter_score"] <= 100
     column = summary["table"]["tiny"][f"evaluate_{level_set}_crafter_score"]
     assert column["runs"] == [achievements["crafter_score"]]
+
+
+def test_a_run_stopped_by_a_signal_is_reported_and_its_curve_written_as_partial(tmp_path, monkeypatch, capsys):
+    """SIGTERM to a train.py that bench/learning.py waits for: the run saves, the script says how far it got and
+    writes the curves so far as <experiment>-<steps>-partial.json instead of failing with a traceback."""
+    monkeypatch.setattr(learning, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
+    experiment = {"metric": "return_last_100", "evaluate_episodes": 2, "systems": [learning.System("tiny", TINY)]}
+    monkeypatch.setitem(learning.EXPERIMENTS, "tiny", experiment)
+    metrics = tmp_path / "logs" / "tiny" / "tiny_seed3" / "metrics.jsonl"
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(learning.main, ["tiny", "--seeds", "3", "--steps", "1000000"])
+        deadline = time.time() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+            time.sleep(0.2)  # two updates logged
+        (trainer,) = [pid for pid in children_of(os.getpid()) if "train.py" in cmdline(pid)]
+        os.kill(trainer, signal.SIGTERM)
+        summary = running.result(timeout=60)
+
+    (run,) = summary["runs"]
+    assert run["partial"] and 128 <= run["steps"] < 1_000_000 and "evaluate" not in run
+    assert f"tiny_seed3 stopped at {run['steps']:,} steps" in capsys.readouterr().out
+    assert (tmp_path / "results" / "tiny-1M-partial.json").exists()
+    assert not (tmp_path / "results" / "tiny-1M.json").exists()
+    assert not (tmp_path / "logs" / "tiny" / "tiny_seed3" / "result.json").exists()  # the same command continues
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
