@@ -8,10 +8,10 @@ bench/results/<experiment>-<steps>.png (the curves), e.g. atari-breakout-300k.js
 read back, not run again; a stopped pixelppo run is continued with --resume, so an experiment can be spread over
 several sessions. `--reuse bench/results/FILE.json` takes finished runs from a committed results file instead of
 running them again (cut at --steps): on the CPU the same command reproduces a run's curve exactly. `--partial`
-trains nothing and writes the curves of runs stopped short of --steps (SIGTERM saves them) as
-<experiment>-<steps>-partial.json, to commit a long experiment's progress at the end of a sitting. A run stopped
-by SIGTERM or SIGINT while this script waits for it is reported as stopped; the others go on, and the results
-are written as <experiment>-<steps>-partial.json too.
+trains nothing and writes the curves of runs stopped short of --steps (SIGTERM saves them; runs not started yet
+are left out) as <experiment>-<steps>-partial.json, to commit a long experiment's progress at the end of a
+sitting. A run stopped by SIGTERM or SIGINT while this script waits for it is reported as stopped; the others go
+on, and the results are written as <experiment>-<steps>-partial.json too.
 
 Experiments:
 - atari-breakout: `--preset atari-cleanrl` in fp32 and in bf16 (`--precision`) against CleanRL's ppo_atari.py
@@ -237,14 +237,14 @@ def evaluate_sets(logdir: Path, episodes: int, threads: str) -> tuple[dict[str, 
 
 def run_one(
     system: System, seed: int, steps: int, folder: Path, threads: str, experiment: dict, partial: bool = False
-) -> dict:
+) -> dict | None:
     logdir = folder / f"{system.name}_seed{seed}"
     done = logdir / "result.json"
     if done.exists() and json.loads(done.read_text())["steps"] >= steps:
         return json.loads(done.read_text())
     so_far = {"system": system.name, "seed": seed, "partial": True}  # a stopped run as it stands
-    if partial:  # to commit its curve so far
-        return so_far | read_pixelppo(logdir, experiment["metric"])
+    if partial:  # to commit its curve so far; a run not started yet has none
+        return so_far | read_pixelppo(logdir, experiment["metric"]) if (logdir / "summary.json").exists() else None
     print(f"running {logdir.name} for {steps:,} steps", flush=True)
     runner = run_pixelppo if system.train_args is not None else run_baseline
     try:
@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     jobs = [(system, seed) for seed in args.seeds for system in systems]
     with ThreadPoolExecutor(args.parallel) as pool:
         runs = list(pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment, args.partial), jobs))
+    runs = [run for run in runs if run is not None]
     summary = summarize(args.experiment, runs, args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
     partial = any(run.get("partial") for run in runs)  # --partial, or a run stopped by a signal

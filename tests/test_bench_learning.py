@@ -41,8 +41,9 @@ def test_experiment_trains_continues_and_evaluates(tmp_path, monkeypatch):
 
     first = learning.main(["tiny", "--seeds", "3", "--steps", "128"])
     assert first["runs"][0]["steps"] == 128
-    so_far = learning.main(["tiny", "--seeds", "3", "--steps", "256", "--partial"])  # trains nothing
-    assert so_far["runs"][0]["curve"] == first["runs"][0]["curve"] and so_far["runs"][0]["partial"]
+    so_far = learning.main(["tiny", "--seeds", "3", "4", "--steps", "256", "--partial"])  # trains nothing
+    (stopped,) = so_far["runs"]  # seed 4 has not started: left out
+    assert stopped["seed"] == 3 and stopped["curve"] == first["runs"][0]["curve"] and stopped["partial"]
     assert (tmp_path / "results" / "tiny-256-partial.json").exists()
     summary = learning.main(["tiny", "--seeds", "3", "--steps", "256"])  # continues the same run with --resume
 
