@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = [run for run in runs if run is not None]
     summary = summarize(args.experiment, runs, args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    partial = any(run.get("partial") for run in runs)  # --partial, or a run stopped by a signal
+    partial = args.partial or any(run.get("partial") for run in runs)  # or a run stopped by a signal
     out = RESULTS / f"{args.experiment}-{budget_name(args.steps)}{'-partial' if partial else ''}"
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     plot(summary, out.with_suffix(".png"))
