@@ -3,7 +3,8 @@
 `python bench/learning.py atari-breakout --seeds 1 2 --steps 300000 --parallel 2` trains every system of the
 experiment for every seed in fresh processes (logs under logs/learning/<experiment>/, or $PIXELPPO_LEARNING_LOGS
 outside a work tree that may be laid anew between sittings), then writes
-bench/results/<experiment>-<steps>.json (the table: final metric per run, mean and spread per system) and
+bench/results/<experiment>-<steps>.json (the table: final metric per run, mean and spread per system, and the
+metric averaged over each quarter of the budget, steadier than the last point of a noisy curve) and
 bench/results/<experiment>-<steps>.png (the curves), e.g. atari-breakout-300k.json. Runs already finished are
 read back, not run again; a stopped pixelppo run is continued with --resume, so an experiment can be spread over
 several sessions. `--reuse bench/results/FILE.json` takes finished runs from a committed results file instead of
@@ -285,6 +286,19 @@ def reuse_runs(path: Path, systems: list[System], seeds: list[int], steps: int, 
             (logdir / "result.json").write_text(json.dumps(result))
 
 
+def window_means(curve: list, steps: int, parts: int = 4) -> list[float | None]:
+    """The metric averaged over the curve's points in each of `parts` equal windows of the budget, (i * steps /
+    parts, (i + 1) * steps / parts]: at equal steps, and steadier than one point of a noisy curve. None for a
+    window the run has not passed the end of, or with no point in it."""
+    last = curve[-1][0] if curve else 0
+    means = []
+    for i in range(parts):
+        low, high = i * steps / parts, (i + 1) * steps / parts
+        values = [value for step, value in curve if low < step <= high]
+        means.append(float(np.mean(values)) if values and last >= high else None)
+    return means
+
+
 def budget_name(steps: int) -> str:
     """300000 -> '300k', 1000000 -> '1M', 256 -> '256'."""
     if steps % 1_000_000 == 0:
@@ -298,6 +312,7 @@ def summarize(name: str, runs: list[dict], steps: int) -> dict:
         finals = [r["final"] for r in runs if r["system"] == system]
         done = [f for f in finals if f is not None] or [float("nan")]  # nan: no episode finished yet
         table[system] = {"mean": float(np.mean(done)), "min": min(done), "max": max(done), "runs": finals}
+        table[system]["windows"] = summarize_windows([r["curve"] for r in runs if r["system"] == system], steps)
         evaluations = [r["evaluate"] for r in runs if r["system"] == system and "evaluate" in r]
         for level_set in evaluations[0] if evaluations else []:
             values = [e[level_set] for e in evaluations]
@@ -307,6 +322,19 @@ def summarize(name: str, runs: list[dict], steps: int) -> dict:
             values = [e[level_set]["crafter_score"] for e in scored]
             table[system][f"evaluate_{level_set}_crafter_score"] = {"mean": float(np.mean(values)), "runs": values}
     return {"experiment": name, "metric": EXPERIMENTS[name]["metric"], "steps": steps, "table": table, "runs": runs}
+
+
+def summarize_windows(curves: list[list], steps: int, parts: int = 4) -> list[dict]:
+    """Each window of the budget (window_means): its steps, every run's mean and their mean over the runs that
+    passed it."""
+    per_run = [window_means(curve, steps, parts) for curve in curves]
+    windows = []
+    for i in range(parts):
+        values = [means[i] for means in per_run]
+        done = [v for v in values if v is not None]
+        window = {"from": i * steps // parts, "to": (i + 1) * steps // parts, "runs": values}
+        windows.append(window | {"mean": float(np.mean(done)) if done else None})
+    return windows
 
 
 def plot(summary: dict, path: Path) -> None:

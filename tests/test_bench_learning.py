@@ -33,6 +33,15 @@ def test_rolling_last_100_counts_only_finished_episodes():
     assert learning.rolling_last_100(episodes, [5, 10, 25, 30]) == [None, 1.0, 2.0, 0.0]
 
 
+def test_window_means_average_each_quarter_a_run_has_passed():
+    curve = [(100, 1.0), (200, 3.0), (300, 5.0), (400, 6.0), (500, 7.0), (700, 9.0)]
+    assert learning.window_means(curve, 800) == [2.0, 5.5, 7.0, None]  # (0, 200], (200, 400], (400, 600], ...
+    assert learning.window_means(curve[:4], 800) == [2.0, 5.5, None, None]  # not past 600 yet
+    windows = learning.summarize_windows([curve, curve[:4]], 800)
+    assert [w["mean"] for w in windows] == [2.0, 5.5, 7.0, None]
+    assert windows[2] == {"from": 400, "to": 600, "runs": [7.0, None], "mean": 7.0}
+
+
 def test_experiment_trains_continues_and_evaluates(tmp_path, monkeypatch):
     monkeypatch.setattr(learning, "LOGS", tmp_path / "logs")
     monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
