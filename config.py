@@ -68,7 +68,7 @@ class Config:
     env: str = arg("crafter", "crafter, procgen/<game> or atari/<Game> (or a gymnasium id like ALE/Pong-v5)")
     logdir: str = arg("", "run folder (default: the next free logs/run_<N>)", invocation=True)
     config: str = arg("", "YAML run file to start from (flags given on the command line still win)", invocation=True)
-    preset: str = arg("", "published recipe to start from: configs/<PRESET>.yaml", choices=("", *preset_names()))
+    preset: str = arg("", "published recipe to start from: configs/<PRESET>.yaml", choices=preset_names())
     overwrite: bool = arg(False, "replace an existing run in --logdir", resume=True, invocation=True)
     steps: int = arg(1_024_000, "total environment steps (agent steps summed over envs)", check=AT_LEAST_1, resume=True)
     eval_interval: int = arg(102_400, "evaluate every this many steps (and at the end)", check=AT_LEAST_1)
@@ -330,7 +330,7 @@ def checked_value(path, key, value):
         expected = {"float | None": "a number or null", "int": "an integer", "float": "a number"}.get(f.type, f.type)
         raise UsageError(f"{path}: {key} must be {expected}, got {value!r}")
     choices = f.metadata.get("choices")
-    if choices and converted not in choices:
+    if choices and converted not in choices and converted != f.default:  # a run file writes preset: '' (none)
         raise UsageError(f"{path}: {key} must be one of {', '.join(repr(c) for c in choices)}; got {converted!r}")
     return converted
 

@@ -49,6 +49,13 @@ def test_every_preset_file_resolves_to_a_valid_config(name):
                for k, v in values.items())  # fmt: skip
 
 
+def test_an_unknown_preset_is_refused_listing_the_presets(capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(["--preset", "crafter-mon"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "'crafter-moon'" in err and "''" not in err, err  # no empty name among the choices
+
+
 def test_preset_then_file_then_flags(tmp_path):
     run_file = tmp_path / "run.yaml"
     run_file.write_text("lr: 1.0e-3\nclip_coef: 0.3\nnum_envs: 16\n")
