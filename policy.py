@@ -542,10 +542,12 @@ class ActorCritic(nn.Module):
 
     precision = "fp32"  # "bf16": autocast the backbone (train.py --precision); heads and outputs stay float32
     # Frames per backbone call on a CPU (0: the whole batch at once). Each frame's features are the same either
-    # way (the backbone never mixes samples: it stays in eval mode), but a minibatch of thousands of frames has
-    # activations far larger than the caches: in chunks of 128 the update ran 1.75x faster for procgen-official's
-    # IMPALA CNN (minibatches of 2048) and 1.29x for crafter-moon's (512) on a 2-core EPYC in bf16; the small
-    # Nature CNN's ran as fast as before (bench/results/throughput-update-chunks.json). A GPU gets the whole batch.
+    # way (the backbone never mixes samples: it stays in eval mode), but a whole minibatch's activations are
+    # blocks over 32 MB, which glibc unmaps when they are freed and page-faults in anew at the next minibatch:
+    # in chunks of 128 the update ran 1.75x faster for procgen-official's IMPALA CNN (minibatches of 2048) and
+    # 1.29x for crafter-moon's (512) on a 2-core EPYC in bf16; the small Nature CNN's ran as fast as before
+    # (bench/results/throughput-update-chunks.json). With glibc's mmap off, the whole minibatch runs as fast as
+    # the chunks (bench/results/throughput-update-allocator.json). A GPU gets the whole batch.
     cpu_chunk = 128
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ these machines are noisy:
   batch), with no episode start inside the rollout, starts every 32 steps, and starts at every step.
 - update_chunks: the PPO update with the backbone on chunks of frames (ActorCritic.cpu_chunk) against whole
   minibatches, for each preset's network and minibatch size.
+- update_allocator: why the chunks pay: the whole minibatch and chunks of 128 frames, each in a fresh process with
+  glibc's default allocator (which unmaps every freed block over 32 MB) and with mmap off; seconds and page faults.
 - augment_update: the PPO update with DrAC (--augment crop, random_conv) against none (procgen-official's network).
 - ranks: train.py on one process against two torchrun processes on the same global batch.
 - default_run: `python train.py` (the crafter-cpu recipe) in fp32 and in bf16: steps/s and minutes per 1M-step run.
@@ -324,6 +326,52 @@ def bench_update_chunks(quick: bool) -> dict:
     return out
 
 
+def update_chunk_child(case: str, cpu_chunk: int) -> dict:
+    """One UPDATE_CHUNK_CASES update in this (fresh) process: seconds and the minor page faults it took."""
+    import resource
+
+    from config import Config, resolve_precision
+
+    backbone, shape, actions, minibatch = UPDATE_CHUNK_CASES[case]
+    spec = PolicySpec(backbone, shape, 1, actions, head_hidden=0, freeze_backbone=False)
+    cfg = Config(num_envs=8, update_epochs=3, num_minibatches=2)
+    precision = resolve_precision("auto", torch.device("cpu"))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = update_seconds(spec, cfg, 2 * minibatch // cfg.num_envs, 0, 2, precision, cpu_chunk)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {"seconds": seconds, "minor_page_faults": faults}
+
+
+MMAP_OFF = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**34)}  # glibc: freed memory stays mapped
+
+
+def bench_update_allocator(quick: bool) -> dict:
+    """Why the chunks pay: glibc returns every freed block over 32 MB to the OS, so a whole minibatch's
+    activations are mapped and page-faulted in anew at every minibatch. The update_chunks cases with the whole
+    minibatch and with chunks of 128 frames, each in a fresh process with glibc's default allocator and with
+    mmap off (freed memory kept for reuse), alternated; seconds (best of 2 updates) and minor page faults."""
+    import subprocess
+
+    cases = ["crafter_moon"] if quick else ["procgen_official", "crafter_moon"]
+    out: dict = {}
+    for case in cases:
+        runs: dict = {}
+        for _ in range(1 if quick else 2):
+            for allocator, env in (("default", {}), ("mmap_off", MMAP_OFF)):
+                for chunk in (0, 128):
+                    command = [sys.executable, str(BENCH / "throughput.py"), "--child-update", case, str(chunk)]
+                    text = subprocess.run(command, env=os.environ | env, capture_output=True, text=True, check=True)
+                    runs.setdefault(f"{allocator}_chunk_{chunk}", []).append(json.loads(text.stdout.splitlines()[-1]))
+        out[case] = {
+            name: {
+                "seconds": round(min(r["seconds"] for r in rs), 3),
+                "minor_page_faults": min(r["minor_page_faults"] for r in rs),
+            }
+            for name, rs in runs.items()
+        }
+    return out
+
+
 def ranks_steps_per_s(processes: int, global_envs: int, updates: int) -> dict:
     """train.py on `processes` processes (torchrun with gloo on the CPU when more than one) with the same global
     batch, evaluation off; steps/s over the whole run from its summary.json."""
@@ -545,6 +593,7 @@ SECTIONS = {  # --only's names, in the order they run
     "ranks": bench_ranks,
     "recurrent_update": bench_recurrent_update,
     "update_chunks": bench_update_chunks,
+    "update_allocator": bench_update_allocator,
     "augment_update": bench_augment_update,
     "default_run": bench_default_run,
     "training": bench_training,
@@ -562,11 +611,15 @@ def main() -> None:
     )
     parser.add_argument("--out", default="", help="also write the JSON to this file (e.g. bench/results/...)")
     parser.add_argument("--child", choices=list(TRAINING), help=argparse.SUPPRESS)  # one isolated training run
+    parser.add_argument("--child-update", nargs=2, help=argparse.SUPPRESS)  # one isolated update: CASE CHUNK
     parser.add_argument("--updates", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(train_steps_per_s(args.child, args.updates, args.extra)))
+        return
+    if args.child_update:
+        print(json.dumps(update_chunk_child(args.child_update[0], int(args.child_update[1]))))
         return
     results: dict = {"hardware": hardware_info(), "torch_threads": torch.get_num_threads(), "quick": args.quick}
     unknown = set(args.only.split(",")) - set(SECTIONS)
