@@ -12,7 +12,11 @@ running them again (cut at --steps): on the CPU the same command reproduces a ru
 trains nothing and writes the curves of runs stopped short of --steps (SIGTERM saves them; runs not started yet
 are left out) as <experiment>-<steps>-partial.json, to commit a long experiment's progress at the end of a
 sitting. A run stopped by SIGTERM or SIGINT while this script waits for it is reported as stopped; the others go
-on, and the results are written as <experiment>-<steps>-partial.json too.
+on, and the results are written as <experiment>-<steps>-partial.json too. `--carry DIR` also copies each stopped
+run's files (its last.pth, metrics and evaluation history; not best_model.pth) to DIR/<experiment>/<run>/ and,
+where a run's logdir has no last.pth, continues it from there: on machines that are not kept between sittings,
+committing DIR with the partial results is what lets the next sitting continue the run. A finished run's copy
+is removed.
 
 Experiments:
 - atari-breakout: `--preset atari-cleanrl` in fp32 and in bf16 (`--precision`) against CleanRL's ppo_atari.py
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,10 +53,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-LOGS = Path(os.environ.get("PIXELPPO_LEARNING_LOGS", ROOT / "logs" / "learning"))  # runs (kept between sittings)
+LOGS = Path(os.environ.get("PIXELPPO_LEARNING_LOGS", ROOT / "logs" / "learning"))  # the runs, on this machine
 RESULTS = ROOT / "bench" / "results"
 QUIET = ["--wandb-mode", "disabled", "--no-eval-video", "--progress-interval", "120"]
 STOP_CODES = {128 + signal.SIGTERM, 128 + signal.SIGINT}  # train.py saved and stopped on a signal
+NOT_CARRIED = {"best_model.pth", "result.json"}  # the best evaluation's weights, a finished run's figures
 
 # Published or measured reference lines drawn beside the curves: (label, value).
 REFERENCES = {
@@ -236,16 +242,54 @@ def evaluate_sets(logdir: Path, episodes: int, threads: str) -> tuple[dict[str, 
     return {row["set"]: row["mean_return"] for row in rows}, achievements
 
 
+def carry_out(logdir: Path, carry: Path) -> None:
+    """Copy a stopped run's files (not folders, not NOT_CARRIED) to carry/<experiment>/<run>/, replacing the
+    previous copy only once the new one is complete."""
+    dest = carry / logdir.parent.name / logdir.name
+    staging = dest.with_name(f"{dest.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in sorted(logdir.iterdir()):
+        if path.is_file() and path.name not in NOT_CARRIED:
+            shutil.copy2(path, staging / path.name)
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+
+
+def carry_in(logdir: Path, carry: Path) -> bool:
+    """Lay a carried run into its logdir when the logdir has no last.pth of its own; -> whether it did."""
+    source = carry / logdir.parent.name / logdir.name
+    if (logdir / "last.pth").exists() or not (source / "last.pth").exists():
+        return False
+    logdir.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        shutil.copy2(path, logdir / path.name)
+    return True
+
+
 def run_one(
-    system: System, seed: int, steps: int, folder: Path, threads: str, experiment: dict, partial: bool = False
+    system: System,
+    seed: int,
+    steps: int,
+    folder: Path,
+    threads: str,
+    experiment: dict,
+    partial: bool = False,
+    carry: Path | None = None,
 ) -> dict | None:
     logdir = folder / f"{system.name}_seed{seed}"
     done = logdir / "result.json"
     if done.exists() and json.loads(done.read_text())["steps"] >= steps:
         return json.loads(done.read_text())
+    if carry and carry_in(logdir, carry):
+        print(f"{logdir.name}: continuing from {carry / folder.name / logdir.name}", flush=True)
     so_far = {"system": system.name, "seed": seed, "partial": True}  # a stopped run as it stands
     if partial:  # to commit its curve so far; a run not started yet has none
-        return so_far | read_pixelppo(logdir, experiment["metric"]) if (logdir / "summary.json").exists() else None
+        if not (logdir / "summary.json").exists():
+            return None
+        if carry:
+            carry_out(logdir, carry)
+        return so_far | read_pixelppo(logdir, experiment["metric"])
     print(f"running {logdir.name} for {steps:,} steps", flush=True)
     runner = run_pixelppo if system.train_args is not None else run_baseline
     try:
@@ -254,6 +298,8 @@ def run_one(
         )
     except RunStopped:
         result = so_far | read_pixelppo(logdir, experiment["metric"])
+        if carry:
+            carry_out(logdir, carry)
         print(f"{logdir.name} stopped at {result['steps']:,} steps; the same command continues it", flush=True)
         return result
     if system.train_args is not None and experiment.get("evaluate_episodes"):
@@ -261,6 +307,8 @@ def run_one(
         if achievements:
             result["evaluate_achievements"] = achievements
     done.write_text(json.dumps(result))
+    if carry:
+        shutil.rmtree(carry / folder.name / logdir.name, ignore_errors=True)  # the results file holds it now
     final = "n/a" if result["final"] is None else f"{result['final']:.2f}"
     print(f"{logdir.name}: {final} at {result['steps']:,} steps ({result['sps']:.0f} sps)", flush=True)
     return result
@@ -372,6 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (each gets cores / parallel threads)")
     parser.add_argument("--reuse", type=Path, nargs="*", default=[], help="results files whose runs stand in for these")
     parser.add_argument("--partial", action="store_true", help="write the stopped runs' curves so far, train nothing")
+    parser.add_argument("--carry", type=Path, help="keep stopped runs' files here and continue runs from them")
     args = parser.parse_args(argv)
     experiment = EXPERIMENTS[args.experiment]
     systems = [s for s in experiment["systems"] if not args.systems or s.name in args.systems]
@@ -382,7 +431,9 @@ def main(argv: list[str] | None = None) -> dict:
         reuse_runs(path, systems, args.seeds, args.steps, folder)
     jobs = [(system, seed) for seed in args.seeds for system in systems]
     with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment, args.partial), jobs))
+        runs = list(
+            pool.map(lambda job: run_one(*job, args.steps, folder, threads, experiment, args.partial, args.carry), jobs)
+        )
     runs = [run for run in runs if run is not None]
     summary = summarize(args.experiment, runs, args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,30 @@ def test_experiment_trains_continues_and_evaluates(tmp_path, monkeypatch):
     assert (tmp_path / "results" / "tiny-256.png").stat().st_size > 0
 
 
+def test_a_carried_run_continues_on_a_new_machine_as_it_would_have_on_the_old(tmp_path, monkeypatch):
+    """--carry: a stopped run's files go to a folder that can be committed; a sitting whose logs are gone (a new
+    machine) continues the run from there, exactly as the old logdir would have, and drops the copy at the end."""
+    monkeypatch.setattr(learning, "LOGS", tmp_path / "old_machine")
+    monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
+    monkeypatch.setitem(learning.EXPERIMENTS, "tiny", {"metric": "return_last_100", "systems": [
+        learning.System("tiny", TINY + ["--eval-interval", "64", "--eval-episodes", "1"])]})  # fmt: skip
+    carried = tmp_path / "carried" / "tiny" / "tiny_seed3"
+    learning.main(["tiny", "--seeds", "3", "--steps", "128"])
+    learning.main(["tiny", "--seeds", "3", "--steps", "256", "--partial", "--carry", str(tmp_path / "carried")])
+    assert (carried / "last.pth").exists() and (carried / "eval_stats.json").exists()
+    assert not (carried / "best_model.pth").exists() and not (carried / "result.json").exists()
+    (old,) = learning.main(["tiny", "--seeds", "3", "--steps", "256"])["runs"]  # the old machine goes on
+
+    monkeypatch.setattr(learning, "LOGS", tmp_path / "new_machine")
+    (new,) = learning.main(["tiny", "--seeds", "3", "--steps", "256", "--carry", str(tmp_path / "carried")])["runs"]
+    assert "at step 128" in (tmp_path / "new_machine" / "tiny" / "tiny_seed3.log").read_text()
+    assert new["steps"] == old["steps"] == 256 and new["curve"] == old["curve"]
+    evaluations = [json.loads((m / "tiny" / "tiny_seed3" / "eval_stats.json").read_text())["step"]
+                   for m in (tmp_path / "old_machine", tmp_path / "new_machine")]  # fmt: skip
+    assert evaluations[0] == evaluations[1] and len(evaluations[0]) >= 3  # the history before the stop came along
+    assert not carried.exists()  # finished: the results file holds the run now
+
+
 def test_reused_runs_are_cut_at_the_budget_and_never_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(learning, "LOGS", tmp_path / "logs")
     monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
@@ -122,7 +146,9 @@ def test_a_run_stopped_by_a_signal_is_reported_and_its_curve_written_as_partial(
     monkeypatch.setitem(learning.EXPERIMENTS, "tiny", experiment)
     metrics = tmp_path / "logs" / "tiny" / "tiny_seed3" / "metrics.jsonl"
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(learning.main, ["tiny", "--seeds", "3", "--steps", "1000000"])
+        running = pool.submit(
+            learning.main, ["tiny", "--seeds", "3", "--steps", "1000000", "--carry", str(tmp_path / "carried")]
+        )
         deadline = time.time() + 120
         while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
             time.sleep(0.2)  # two updates logged
@@ -136,6 +162,7 @@ def test_a_run_stopped_by_a_signal_is_reported_and_its_curve_written_as_partial(
     assert (tmp_path / "results" / "tiny-1M-partial.json").exists()
     assert not (tmp_path / "results" / "tiny-1M.json").exists()
     assert not (tmp_path / "logs" / "tiny" / "tiny_seed3" / "result.json").exists()  # the same command continues
+    assert (tmp_path / "carried" / "tiny" / "tiny_seed3" / "last.pth").exists()  # or, from the carried copy, another
 
 
 def children_of(pid: int) -> list[int]:
