@@ -242,10 +242,15 @@ def evaluate_sets(logdir: Path, episodes: int, threads: str) -> tuple[dict[str, 
     return {row["set"]: row["mean_return"] for row in rows}, achievements
 
 
+def carried(logdir: Path, carry: Path) -> Path:
+    """Where a run's files are carried: carry/<experiment>/<run>/."""
+    return carry / logdir.parent.name / logdir.name
+
+
 def carry_out(logdir: Path, carry: Path) -> None:
-    """Copy a stopped run's files (not folders, not NOT_CARRIED) to carry/<experiment>/<run>/, replacing the
-    previous copy only once the new one is complete."""
-    dest = carry / logdir.parent.name / logdir.name
+    """Copy a stopped run's files (not folders, not NOT_CARRIED) to its carried folder, replacing the previous
+    copy only once the new one is complete."""
+    dest = carried(logdir, carry)
     staging = dest.with_name(f"{dest.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -258,7 +263,7 @@ def carry_out(logdir: Path, carry: Path) -> None:
 
 def carry_in(logdir: Path, carry: Path) -> bool:
     """Lay a carried run into its logdir when the logdir has no last.pth of its own; -> whether it did."""
-    source = carry / logdir.parent.name / logdir.name
+    source = carried(logdir, carry)
     if (logdir / "last.pth").exists() or not (source / "last.pth").exists():
         return False
     logdir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +287,7 @@ def run_one(
     if done.exists() and json.loads(done.read_text())["steps"] >= steps:
         return json.loads(done.read_text())
     if carry and carry_in(logdir, carry):
-        print(f"{logdir.name}: continuing from {carry / folder.name / logdir.name}", flush=True)
+        print(f"{logdir.name}: continuing from {carried(logdir, carry)}", flush=True)
     so_far = {"system": system.name, "seed": seed, "partial": True}  # a stopped run as it stands
     if partial:  # to commit its curve so far; a run not started yet has none
         if not (logdir / "summary.json").exists():
@@ -308,7 +313,7 @@ def run_one(
             result["evaluate_achievements"] = achievements
     done.write_text(json.dumps(result))
     if carry:
-        shutil.rmtree(carry / folder.name / logdir.name, ignore_errors=True)  # the results file holds it now
+        shutil.rmtree(carried(logdir, carry), ignore_errors=True)  # the results file holds it now
     final = "n/a" if result["final"] is None else f"{result['final']:.2f}"
     print(f"{logdir.name}: {final} at {result['steps']:,} steps ({result['sps']:.0f} sps)", flush=True)
     return result
