@@ -8,6 +8,7 @@ then the flags given. Every run writes the result as `config.yaml` in its logdir
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -126,7 +127,8 @@ class Config:
     recurrent_size: int = arg(256, "units of the recurrent core", check=AT_LEAST_1)
     precision: str = arg(
         "auto",
-        "the backbone's arithmetic: auto (bf16 autocast on CPUs with native bf16, else fp32; TF32 on GPUs), bf16, fp32",
+        "the backbone's arithmetic: auto (bf16 autocast on CPUs where it trains faster, else fp32; TF32 on GPUs), "
+        "bf16, fp32",
         choices=PRECISIONS,
         resume=True,
     )
@@ -493,12 +495,36 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor as Linux names it ("GenuineIntel", "AuthenticAMD"); "" where /proc/cpuinfo is missing."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def bf16_pays_on_cpu() -> tuple[bool, str]:
+    """Whether bf16 autocast trains faster than fp32 on this CPU, and why. Native bf16 is not enough: training ran
+    1.6-2.4x faster in bf16 with AMX (Intel Xeon) and 1.05-1.9x with AVX512-BF16 on an AMD EPYC (Zen 4), but on
+    an Intel Xeon with AVX512-BF16 and no AMX (absent, or not enabled by the OS) every preset's PPO update ran
+    faster in fp32, whose two 512-bit FMA units outpace oneDNN's bf16 kernels there (bf16 at 0.67-0.83x;
+    bench/results/throughput-precision.json, from `python bench/throughput.py --only precision`)."""
+    if torch.cpu._is_amx_tile_supported():
+        return True, "AMX on this CPU"
+    if not torch.cpu._is_avx512_bf16_supported():
+        return False, "no native bf16 on this CPU"
+    if cpu_vendor() == "GenuineIntel":
+        return False, "AVX512-BF16 without AMX, slower than fp32 on this Intel CPU"
+    return True, "AVX512-BF16 on this CPU"
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
-    """--precision on `device` -> "bf16" or "fp32". auto is bf16 autocast where the CPU has native bf16 (1.6-2.4x
-    the training speed of fp32 on these networks) and fp32 elsewhere: on GPUs fp32 runs on TF32 tensor cores and
-    bf16 measured slower (H200). An explicit bf16 without hardware support warns: it is emulated, slowly."""
+    """--precision on `device` -> "bf16" or "fp32". auto is bf16 autocast where it trains faster than fp32 on
+    this CPU (`bf16_pays_on_cpu`) and fp32 elsewhere: on GPUs fp32 runs on TF32 tensor cores and bf16 measured
+    slower (H200). An explicit bf16 without hardware support warns: it is emulated, slowly."""
     if name == "auto":
-        return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
+        return "bf16" if device.type == "cpu" and bf16_pays_on_cpu()[0] else "fp32"
     if name == "bf16" and not native_bf16(device):
         what = "this GPU (compute capability < 8.0)" if device.type == "cuda" else f"this {device.type.upper()}"
         warnings.warn(
@@ -510,12 +536,12 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def precision_note(name: str, used: str, device: torch.device) -> str:
-    """How a run's precision was chosen, for the start line and config.yaml: "bf16 (auto: native bf16 CPU)"."""
+    """How a run's precision was chosen, for the start line and config.yaml: "bf16 (auto: AMX on this CPU)"."""
     if name != "auto":
         return used
     if device.type != "cpu":
         return f"{used} (auto: TF32 on GPUs)" if device.type == "cuda" else f"{used} (auto)"
-    return f"{used} (auto: {'' if used == 'bf16' else 'no '}native bf16 on this CPU)"
+    return f"{used} (auto: {bf16_pays_on_cpu()[1]})"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ these machines are noisy:
   batch), with no episode start inside the rollout, starts every 32 steps, and starts at every step.
 - update_chunks: the PPO update with the backbone on chunks of frames (ActorCritic.cpu_chunk) against whole
   minibatches, for each preset's network and minibatch size.
+- precision: the PPO update of each preset's network in fp32 and in bf16 autocast, alternated: is bf16 faster on
+  this CPU, and does `--precision auto` pick the faster?
 - update_allocator: why the chunks pay: the whole minibatch and chunks of 128 frames, each in a fresh process with
   glibc's default allocator (which unmaps every freed block over 32 MB) and with mmap off; seconds and page faults.
 - augment_update: the PPO update with DrAC (--augment crop, random_conv) against none (procgen-official's network).
@@ -326,6 +328,38 @@ def bench_update_chunks(quick: bool) -> dict:
     return out
 
 
+def bench_precision(quick: bool) -> dict:
+    """Which precision `--precision auto` should pick on this CPU: the PPO update of each preset's network in fp32
+    and in bf16 autocast, alternated after a warm-up (3 epochs of 1 or 2 minibatches, the default chunks); ratio
+    > 1 means bf16 is faster. `auto_picks_the_faster` checks `config.bf16_pays_on_cpu`'s rule against them."""
+    from config import Config, bf16_pays_on_cpu, cpu_vendor, resolve_precision
+
+    minibatches, repeats = (1, 2) if quick else (2, 3)
+    auto = resolve_precision("auto", torch.device("cpu"))
+    out: dict = {
+        "cpu_vendor": cpu_vendor(),
+        "amx": torch.cpu._is_amx_tile_supported(),
+        "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+        "auto_precision_here": auto,
+        "auto_reason": bf16_pays_on_cpu()[1],
+    }
+    ratios = []
+    for name, (backbone, shape, actions, minibatch) in UPDATE_CHUNK_CASES.items():
+        spec = PolicySpec(backbone, shape, 1, actions, head_hidden=0, freeze_backbone=False)
+        cfg = Config(num_envs=8, update_epochs=3, num_minibatches=minibatches)
+        T = minibatches * minibatch // cfg.num_envs
+        seconds = {"fp32": float("inf"), "bf16": float("inf")}
+        for precision in seconds:  # warm-up: oneDNN creates its kernels for each precision's shapes once
+            update_seconds(spec, cfg, T, 0, 1, precision)
+        for _ in range(repeats):  # alternated: these machines' speed drifts
+            for precision in seconds:
+                seconds[precision] = min(seconds[precision], update_seconds(spec, cfg, T, 0, 1, precision))
+        ratios.append(seconds["fp32"] / seconds["bf16"])
+        out[name] = {f"{k}_seconds": round(v, 3) for k, v in seconds.items()} | {"bf16_over_fp32": round(ratios[-1], 2)}
+    out["auto_picks_the_faster"] = all((r > 1) == (auto == "bf16") for r in ratios)
+    return out
+
+
 def update_chunk_child(case: str, cpu_chunk: int) -> dict:
     """One UPDATE_CHUNK_CASES update in this (fresh) process: seconds and the minor page faults it took."""
     import resource
@@ -525,7 +559,7 @@ def precisions_side_by_side(baseline: list[str] | None, family: str, updates: in
 
 
 def bench_training(quick: bool) -> dict:
-    """Each preset in fp32 and in bf16 beside its baseline; `auto` is bf16 where the CPU has native bf16."""
+    """Each preset in fp32 and in bf16 beside its baseline; `auto` is bf16 where it trains faster."""
     from config import resolve_precision
 
     rounds = 1 if quick else 2
@@ -593,6 +627,7 @@ SECTIONS = {  # --only's names, in the order they run
     "ranks": bench_ranks,
     "recurrent_update": bench_recurrent_update,
     "update_chunks": bench_update_chunks,
+    "precision": bench_precision,
     "update_allocator": bench_update_allocator,
     "augment_update": bench_augment_update,
     "default_run": bench_default_run,

@@ -1,4 +1,4 @@
-"""--precision: auto picks bf16 only where the hardware has it, and bf16 leaves PPO's first step where fp32 does."""
+"""--precision: auto picks bf16 only where it trains faster than fp32; bf16 leaves PPO's first step where fp32 does."""
 
 import json
 import warnings
@@ -9,7 +9,7 @@ import torch
 from toy_env import GridGoalVecEnv
 
 import config
-from config import Config, native_bf16, read_run_file, resolve_precision
+from config import Config, native_bf16, precision_note, read_run_file, resolve_precision
 from train import Trainer
 
 CPU = torch.device("cpu")
@@ -27,15 +27,37 @@ def test_native_bf16_agrees_with_the_cpu_flags():
     assert native_bf16(CPU) == bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, native):
-    monkeypatch.setattr(config, "native_bf16", lambda device: native)
-    assert resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "vendor", "auto"),
+    [
+        (True, True, "GenuineIntel", "bf16"),  # AMX: 1.6-2.4x fp32
+        (False, True, "AuthenticAMD", "bf16"),  # Zen 4's AVX512-BF16: 1.05-1.9x
+        (False, True, "GenuineIntel", "fp32"),  # an Intel Xeon's AVX512-BF16 without AMX: slower than fp32
+        (False, False, "AuthenticAMD", "fp32"),  # no native bf16: emulated, several times slower
+        (False, False, "GenuineIntel", "fp32"),
+    ],
+)
+def test_auto_is_bf16_only_on_cpus_where_it_measured_faster(monkeypatch, amx, avx512_bf16, vendor, auto):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(config, "cpu_vendor", lambda: vendor)
+    assert resolve_precision("auto", CPU) == auto
     assert resolve_precision("fp32", CPU) == "fp32"
+    assert precision_note("auto", auto, CPU).startswith(f"{auto} (auto: ")
+
+
+def test_auto_on_this_cpu_follows_its_flags_and_vendor():
+    """The same rule read from the kernel's flags and vendor (what the machine has), not from PyTorch."""
+    flags = cpu_flags()
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    intel = any(line.startswith("vendor_id") and "GenuineIntel" in line for line in lines)
+    faster = "amx_bf16" in flags or ("avx512_bf16" in flags and not intel)
+    assert resolve_precision("auto", CPU) == ("bf16" if faster else "fp32")
 
 
 def test_auto_is_fp32_on_gpus(monkeypatch):
     """On a GPU fp32 runs on TF32 tensor cores and bf16 measured slower (H200): auto keeps fp32 there."""
+    monkeypatch.setattr(config, "bf16_pays_on_cpu", lambda: (True, "AMX on this CPU"))
     monkeypatch.setattr(config, "native_bf16", lambda device: True)
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"
 
@@ -84,17 +106,20 @@ def test_checkpoints_from_before_a_setting_existed_keep_the_default_they_ran_wit
     assert Config.from_checkpoint(Config().public_dict(), "new.pth") == Config()
 
 
-def test_first_minibatch_starts_at_ratio_one_in_the_precision_auto_picks(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_first_minibatch_starts_at_ratio_one_in_either_precision(tmp_path, precision):
     """The rollout and the update run the backbone under the same autocast, so before the first gradient step
     the update sees the rollout's log-probabilities: approx KL ~ 0 and nothing clipped. Rollout in bf16 and
-    update in fp32 gave approx KL 8.6e-5 here. On a CPU without native bf16, auto is fp32 and this checks that."""
+    update in fp32 gave approx KL 8.6e-5 here. bf16 runs on every CPU (emulated where it is not native)."""
     cfg = Config(
         backbone="impala_cnn", pretrained=False, freeze_backbone=False, head_hidden=0, num_envs=8, num_steps=32,
         num_minibatches=1, update_epochs=1, steps=256, eval_interval=256, wandb_mode="disabled",
-        eval_video=False, precision="auto", logdir=str(tmp_path / "run"),
+        eval_video=False, precision=precision, logdir=str(tmp_path / "run"),
     )  # fmt: skip
-    trainer = Trainer(cfg, envs=GridGoalVecEnv(8, scale=8), eval_envs=GridGoalVecEnv(2, scale=8))
-    assert trainer.policy.precision == resolve_precision("auto", CPU)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 emulated on this CPU: slow, but the same autocast
+        trainer = Trainer(cfg, envs=GridGoalVecEnv(8, scale=8), eval_envs=GridGoalVecEnv(2, scale=8))
+    assert trainer.policy.precision == precision
     torch.nn.init.orthogonal_(trainer.policy.policy_head.weight, gain=5.0)  # confident, as a trained policy is
     try:
         assert trainer.train_one_update()
