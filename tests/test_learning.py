@@ -31,9 +31,9 @@ def grid_config(logdir, **overrides) -> Config:
         update_epochs=4,
         lr=1e-3,
         gamma=0.9,
-        steps=24_000,
+        steps=40_000,  # at 24,000 seeds 0, 2 (fp32) and 4 (bf16) of 0-5 fell short of 0.9; at 40,000 all three solve it
         seed=0,
-        eval_interval=24_000,
+        eval_interval=40_000,
         eval_episodes=4,
         eval_video=False,
         wandb_mode="disabled",
