@@ -4,7 +4,8 @@
 experiment for every seed in fresh processes (logs under logs/learning/<experiment>/, or $PIXELPPO_LEARNING_LOGS
 outside a work tree that may be laid anew between sittings), then writes
 bench/results/<experiment>-<steps>.json (the table: final metric per run, mean and spread per system, and the
-metric averaged over each quarter of the budget, steadier than the last point of a noisy curve) and
+metric averaged over each quarter of the budget, steadier than the last point of a noisy curve; every run's curve
+and in-training evaluations) and
 bench/results/<experiment>-<steps>.png (the curves), e.g. atari-breakout-300k.json. Runs already finished are
 read back, not run again; a stopped pixelppo run is continued with --resume, so an experiment can be spread over
 several sessions. `--reuse bench/results/FILE.json` takes finished runs from a committed results file instead of
@@ -28,6 +29,9 @@ Experiments:
   --steps stops early). Metric: Crafter score over all training episodes (the published protocol).
 - crafter-ablations: crafter-cpu (Moon et al.'s PPO on the Nature CNN) with one of its ingredients left out per
   system, at equal steps; `--reuse bench/results/crafter-1024k.json` brings crafter-cpu's own runs.
+- crafter-width: Moon et al.'s PPO on three networks: the Nature CNN (crafter-cpu), the narrow IMPALA ResNet
+  [16, 32, 32] and their wide one (crafter-moon); `--reuse bench/results/crafter-1024k.json` brings the first and
+  the last.
 - crafter-frozen-levels: crafter-cpu's recipe on frozen ImageNet EfficientNet-Lite0 features taken early, at the
   frame's resolution, as PIE-G does (`--feature-level 1`: 24 x 16 x 16, level 2: 40 x 8 x 8), against crafter-cpu
   itself (`--reuse bench/results/crafter-1024k.json`).
@@ -123,6 +127,18 @@ EXPERIMENTS: dict[str, dict] = {
             System("epochs_4", [*CRAFTER_CPU, "--update-epochs", "4"]),
         ],
     },
+    # Network width at Moon et al.'s PPO settings: does a narrow IMPALA ResNet buy most of their wide one's score
+    # at a CPU's cost? The Nature CNN (crafter-cpu), IMPALA [16, 32, 32] (the Procgen paper's), and their
+    # IMPALA [64, 128, 128] with GroupNorm (crafter-moon); the same LayerNorm -> dense 1024 trunk and heads.
+    "crafter-width": {
+        "metric": "crafter_score",
+        "evaluate_episodes": 100,
+        "systems": [
+            System("crafter_moon_nature_cnn", [*CRAFTER_CPU]),  # crafter-cpu itself (bench/results/crafter-1024k)
+            System("impala_cnn", ["--preset", "crafter-moon", "--backbone", "impala_cnn", "--steps", "1024000"]),
+            System("crafter_moon", ["--preset", "crafter-moon", "--steps", "1024000"]),  # (crafter-1024k too)
+        ],
+    },
     # Can frozen pretrained features compete when taken early, at native resolution (PIE-G, Yuan et al. 2022)?
     "crafter-frozen-levels": {
         "metric": "crafter_score",
@@ -201,6 +217,8 @@ def read_pixelppo(logdir: Path, metric: str) -> dict:
     rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     key = {"return_last_100": "charts/return_last_100", "crafter_score": "crafter/score"}[metric]
     curve = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    eval_key = {"return_last_100": "eval/mean_return", "crafter_score": "eval/crafter_score"}[metric]
+    evaluations = [(r["step"], r[eval_key]) for r in rows if r.get(eval_key) is not None]  # the in-training ones
     summary = json.loads((logdir / "summary.json").read_text())
     return {
         "steps": summary["global_step"],
@@ -208,6 +226,7 @@ def read_pixelppo(logdir: Path, metric: str) -> dict:
         "precision": summary["precision_used"],
         "curve": curve,
         "final": final_value(curve),
+        "eval_curve": evaluations,
     }
 
 
@@ -330,6 +349,8 @@ def reuse_runs(path: Path, systems: list[System], seeds: list[int], steps: int, 
         reached = next(i for i, (step, _) in enumerate(run["curve"]) if step >= steps)
         curve = run["curve"][: reached + 1]
         result = run | {"steps": curve[-1][0], "curve": curve, "final": final_value(curve), "reused_from": path.name}
+        if "eval_curve" in run:
+            result["eval_curve"] = [point for point in run["eval_curve"] if point[0] <= curve[-1][0]]
         if curve[-1][0] < run["steps"]:  # evaluate.py scored the agent at the run's end, not at the cut
             result = {k: v for k, v in result.items() if k not in ("evaluate", "evaluate_achievements")}
         result.setdefault("precision", "fp32")

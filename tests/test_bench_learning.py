@@ -99,7 +99,7 @@ def test_reused_runs_are_cut_at_the_budget_and_never_rerun(tmp_path, monkeypatch
     committed = tmp_path / "tiny-256.json"
     committed.write_text(json.dumps({"runs": [
         {"system": "tiny", "seed": 3, "steps": 256, "sps": 50.0, "curve": curve, "final": 4.0,
-         "evaluate": {"eval": 5.0}},
+         "evaluate": {"eval": 5.0}, "eval_curve": [[128, 2.5], [256, 4.5]]},
         {"system": "tiny", "seed": 4, "steps": 128, "sps": 50.0, "curve": curve[:2], "final": 2.0},  # too short
     ]}))  # fmt: skip
 
@@ -112,6 +112,7 @@ def test_reused_runs_are_cut_at_the_budget_and_never_rerun(tmp_path, monkeypatch
     assert run["curve"] == curve[:3] and run["final"] == 3.0 and run["steps"] == 192
     assert run["precision"] == "fp32" and run["reused_from"] == "tiny-256.json"
     assert "evaluate" not in run  # evaluate.py scored the agent at 256 steps, not at the cut
+    assert run["eval_curve"] == [[128, 2.5]]  # the in-training evaluations up to the cut
     assert not (tmp_path / "logs" / "tiny" / "tiny_seed4").exists()
     monkeypatch.setattr(learning, "LOGS", tmp_path / "logs_full")
     (run,) = learning.main(["tiny", "--systems", "tiny", "--seeds", "3", "--steps", "256", "--reuse", str(committed)])[
@@ -125,7 +126,7 @@ def test_crafter_runs_report_score_and_achievement_rates_of_the_final_agent(tmp_
     over evaluate.py's episodes, beside the score over all training episodes."""
     monkeypatch.setattr(learning, "LOGS", tmp_path / "logs")
     monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
-    tiny = ["--env", "crafter", *TINY[2:]]
+    tiny = ["--env", "crafter", *TINY[2:], "--eval-interval", "64", "--eval-episodes", "1"]
     experiment = {"metric": "crafter_score", "evaluate_episodes": 2, "systems": [learning.System("tiny", tiny)]}
     monkeypatch.setitem(learning.EXPERIMENTS, "tiny_crafter", experiment)
     summary = learning.main(["tiny_crafter", "--seeds", "3", "--steps", "64"])
@@ -134,6 +135,8 @@ def test_crafter_runs_report_score_and_achievement_rates_of_the_final_agent(tmp_
     achievements = run["evaluate_achievements"][level_set]
     assert len(achievements["success_rates"]) == 22 and 0 <= achievements["crafter_score"] <= 100
     column = summary["table"]["tiny"][f"evaluate_{level_set}_crafter_score"]
+    ((step, in_training_score),) = run["eval_curve"]  # the in-training evaluation at the end, scored as Crafter's
+    assert step == 64 and 0 <= in_training_score <= 100
     assert column["runs"] == [achievements["crafter_score"]]
 
 
