@@ -235,8 +235,9 @@ class Trainer:
         """Train until --steps (or --stop-after, or a signal); -> summary, also in `summary.json`."""
         cfg = self.cfg
         ranks = f" x {self.ranks.world} processes" if self.ranks.active else ""
+        recipe = f"preset {cfg.preset}, " if cfg.preset else ""
         self.say(
-            f"pixelppo: {cfg.env} for {cfg.steps:,} steps on {self.device}, {cfg.num_envs} envs{ranks}, "
+            f"pixelppo: {cfg.env} for {cfg.steps:,} steps on {self.device}, {cfg.num_envs} envs{ranks}, {recipe}"
             f"backbone {cfg.backbone}, precision {precision_note(cfg.precision, self.precision, self.device)} "
             f"-> {self.logdir}"
         )
