@@ -110,6 +110,7 @@ def test_the_default_run_is_crafter_cpu_on_a_cpu_and_crafter_moon_on_a_gpu(monke
     def recipe(cfg):
         return {k: getattr(cfg, k) for k in RECIPE_KEYS}
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU, also on a machine with a GPU
     on_cpu = config_from_args([])
     assert on_cpu.preset == "" and recipe(on_cpu) == recipe(config_from_args(["--preset", "crafter-cpu"]))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
