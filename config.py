@@ -394,10 +394,8 @@ def write_run_file(cfg: Config, path: Path, note: str = "") -> None:
 def config_from_flags(given: dict) -> Config:
     """Defaults < --preset's file < --config's file < flags; checked, with errors naming where a value came from."""
     sources: dict[str, str] = {}
-    values: dict = {}
     preset = given.get("preset") or default_preset(given)
-    if preset and not given.get("preset"):
-        values["preset"] = preset  # recorded in config.yaml: the run names the recipe it started from
+    values: dict = {"preset": preset}  # recorded in config.yaml: the run names the recipe it started from
     files = [CONFIG_DIR / f"{preset}.yaml"] if preset else []
     if given.get("config"):
         files.append(Path(given["config"]))
@@ -422,7 +420,7 @@ def config_from_flags(given: dict) -> Config:
 
 def default_preset(given: dict) -> str:
     """The recipe of a run given neither --preset nor --config: on a GPU, a Crafter run is crafter-moon (their wide
-    IMPALA CNN: 17.0% at 1M steps, about 15 minutes on an H200); elsewhere Config's defaults, crafter-cpu (the same
+    IMPALA CNN: 17.0% at 1M steps, about 12 minutes on an H200); elsewhere Config's defaults, crafter-cpu (the same
     settings on the Nature CNN: 10.9%, 30 minutes on 2 CPU cores, where crafter-moon takes about 9 hours)."""
     if given.get("config") or parse_env_id(given.get("env", Config.env)).family != "crafter":
         return ""
