@@ -139,6 +139,19 @@ EXPERIMENTS: dict[str, dict] = {
             System("crafter_moon", ["--preset", "crafter-moon", "--steps", "1024000"]),  # (crafter-1024k too)
         ],
     },
+    # A CPU's budget (issue 37): Moon et al.'s PPO on networks with at most a third of crafter-moon's arithmetic
+    # per env step (9.2 GFLOP, torch.utils.flop_counter), screened at 500k against crafter-moon's 10.14 / 10.98.
+    "crafter-budget": {
+        "metric": "crafter_score",
+        "evaluate_episodes": 100,
+        "systems": [
+            System("crafter_moon", ["--preset", "crafter-moon", "--steps", "1024000"]),  # (crafter-1024k)
+            # [32, 64, 64]: half the widths, a quarter of the arithmetic (2.3 GFLOP per env step)
+            System(
+                "moon_half", ["--preset", "crafter-moon", "--backbone", "impala_cnn_moon_half", "--steps", "1024000"]
+            ),
+        ],
+    },
     # Can frozen pretrained features compete when taken early, at native resolution (PIE-G, Yuan et al. 2022)?
     "crafter-frozen-levels": {
         "metric": "crafter_score",
