@@ -3,9 +3,9 @@
 `python bench/learning.py atari-breakout --seeds 1 2 --steps 300000 --parallel 2` trains every system of the
 experiment for every seed in fresh processes (logs under logs/learning/<experiment>/, or $PIXELPPO_LEARNING_LOGS
 outside a work tree that may be laid anew between sittings), then writes
-bench/results/<experiment>-<steps>.json (the table: final metric per run, mean and spread per system, and the
-metric averaged over each quarter of the budget, steadier than the last point of a noisy curve; every run's curve
-and in-training evaluations) and
+bench/results/<experiment>-<steps>.json (the table: final metric per run, mean and spread per system, with 3 seeds
+or more a 95% bootstrap interval of the mean, and the metric averaged over each quarter of the budget, steadier than
+the last point of a noisy curve; every run's curve and in-training evaluations) and
 bench/results/<experiment>-<steps>.png (the curves), e.g. atari-breakout-300k.json. Runs already finished are
 read back, not run again; a stopped pixelppo run is continued with --resume, so an experiment can be spread over
 several sessions. `--reuse bench/results/FILE.json` takes finished runs from a committed results file instead of
@@ -393,12 +393,23 @@ def budget_name(steps: int) -> str:
     return f"{steps // 1000}k" if steps % 1000 == 0 else str(steps)
 
 
+def bootstrap_ci(values: list[float], reps: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean over runs (rliable's stratified bootstrap on one task: seeds
+    resampled with replacement)."""
+    rng = np.random.default_rng(seed)
+    means = rng.choice(np.asarray(values, dtype=float), size=(reps, len(values)), replace=True).mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def summarize(name: str, runs: list[dict], steps: int) -> dict:
     table = {}
     for system in dict.fromkeys(r["system"] for r in runs):
         finals = [r["final"] for r in runs if r["system"] == system]
         done = [f for f in finals if f is not None] or [float("nan")]  # nan: no episode finished yet
         table[system] = {"mean": float(np.mean(done)), "min": min(done), "max": max(done), "runs": finals}
+        if len(done) >= 3:  # an interval only where there are 3 seeds or more
+            table[system]["ci95"] = bootstrap_ci(done)
         table[system]["windows"] = summarize_windows([r["curve"] for r in runs if r["system"] == system], steps)
         evaluations = [r["evaluate"] for r in runs if r["system"] == system and "evaluate" in r]
         for level_set in evaluations[0] if evaluations else []:

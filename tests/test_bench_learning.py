@@ -42,6 +42,20 @@ def test_window_means_average_each_quarter_a_run_has_passed():
     assert windows[2] == {"from": 400, "to": 600, "runs": [7.0, None], "mean": 7.0}
 
 
+def test_bootstrap_interval_of_the_mean_over_seeds():
+    """Every resample's mean lies between the smallest and largest run; a wider spread gives a wider interval; the
+    interval holds the mean; 3 seeds or more get one in the table, 2 do not."""
+    low, high = learning.bootstrap_ci([10.0, 11.0, 12.0, 13.0, 14.0])
+    assert 10.0 <= low < 12.0 < high <= 14.0
+    wide = learning.bootstrap_ci([6.0, 9.0, 12.0, 15.0, 18.0])
+    assert wide[1] - wide[0] > 2 * (high - low)
+    assert learning.bootstrap_ci([7.0, 7.0, 7.0]) == (7.0, 7.0)
+    runs = [{"system": "a", "final": v, "curve": [[100, v]]} for v in (10.0, 11.0, 12.0)]
+    runs += [{"system": "b", "final": v, "curve": [[100, v]]} for v in (10.0, 11.0)]
+    table = learning.summarize("crafter", runs, 100)["table"]
+    assert table["a"]["ci95"] == learning.bootstrap_ci([10.0, 11.0, 12.0]) and "ci95" not in table["b"]
+
+
 def test_experiment_trains_continues_and_evaluates(tmp_path, monkeypatch):
     monkeypatch.setattr(learning, "LOGS", tmp_path / "logs")
     monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
