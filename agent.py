@@ -140,7 +140,10 @@ class PPO:
         - policy: KL(pi(.|s) || pi(.|f(s))). DrAC's code writes it as -log pi(a|f(s)) with a drawn from pi(.|s);
           that is this KL plus the entropy of pi(.|s), a constant here, so its gradient is this one's in
           expectation, without the sampling noise (and it is 0 when f is the identity);
-        - value: 0.5 (V(s) - V(f(s)))^2.
+        - value: 0.5 (V(s) - V(f(s)))^2 in the value head's units, those of the value loss it joins: normalized
+          returns with value_norm. DrAC weighs it against a value loss in the same units, on values of about unit
+          scale (auto-drac's VecNormalize divides rewards by a running std of the discounted return); in return
+          units it would weigh sigma^2 times more than alpha_r says (sigma: the normalizer's std of the returns).
         A recurrent minibatch's env sequences each get one draw of the augmentation's parameters."""
         groups = 0 if mb.initial_state is None else len(mb.initial_state)
         frames = augment(mb.inputs, self.augmentation, self.generator, self.policy.spec.frame_channels, groups)

@@ -1,10 +1,12 @@
 """PPO loss pieces on hand-computed values; one update lowers the loss on a fixed batch."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import agent
 from agent import PPO, explained_variance, ppo_loss
 from buffer import RolloutBuffer
 from config import Config
@@ -172,6 +174,30 @@ def test_value_normalization_trains_on_normalized_targets_and_acts_in_reward_uni
     before = policy.value_normalizer.debiasing_term.item()
     PPO(policy, cfg).update(buf)
     assert policy.value_normalizer.debiasing_term.item() == pytest.approx(1 - (1 - before) * 0.99**12)  # per minibatch
+
+
+def test_drac_value_regularizer_is_in_the_units_of_the_value_loss(monkeypatch):
+    """With value_norm the value loss compares normalized values, and so does DrAC's G_V = 0.5 (V(f(s)) - V(s))^2:
+    alpha_r then weighs it against the value loss as DrAC does, not sigma^2 times more."""
+    torch.manual_seed(0)
+    spec = PolicySpec(
+        "impala_cnn", (3, 16, 16), 3, 5, head_hidden=0, freeze_backbone=False, trunk_hidden=32, value_norm=True
+    )
+    policy = ActorCritic(spec)
+    normalizer = policy.value_normalizer
+    normalizer.update(torch.tensor([100.0, 140.0]))  # mean 120, std 20
+    frames = torch.randint(0, 255, (6, 3, 16, 16), dtype=torch.uint8)
+    monkeypatch.setattr(agent, "augment", lambda frames, *args: frames.flip(3))  # f: a mirror image
+    ppo = PPO(policy, Config(augment="crop"))
+    mb = SimpleNamespace(inputs=frames, initial_state=None, starts=None)
+    with torch.no_grad():
+        logits, value = policy.minibatch_heads(policy.features(frames))  # normalized values
+        _, aug_value = policy.minibatch_heads(policy.features(frames.flip(3)))
+        _, value_reg = ppo.drac_regularizers(mb, logits, value)
+    in_head_units = 0.5 * (aug_value - value).square().mean()
+    in_return_units = 0.5 * (normalizer.denormalize(aug_value) - normalizer.denormalize(value)).square().mean()
+    assert in_head_units > 0 and in_return_units.item() == pytest.approx(400 * in_head_units.item(), rel=1e-3)
+    assert value_reg.item() == pytest.approx(in_head_units.item(), rel=1e-5)
 
 
 def test_batch_advantage_normalization_is_over_the_whole_rollout():

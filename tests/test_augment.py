@@ -1,6 +1,7 @@
-"""DrAC: each augmentation against hand-computed examples, one draw per sample (or env sequence) for all its frames,
-a PPO loss that never sees augmented frames, regularizers that vanish for the identity, clean evaluation; UCB-DrAC's
-bandit against hand-computed bounds, and its state through a checkpoint."""
+"""DrAC: each of auto-drac's eight augmentations against hand-computed examples, one draw per sample (or env sequence)
+for all its frames, a PPO loss that never sees augmented frames, regularizers that vanish for the identity, clean
+evaluation; UCB-DrAC's arms in auto-drac's order, its bandit against hand-computed bounds, and its state through a
+checkpoint."""
 
 import dataclasses
 
@@ -10,9 +11,31 @@ import torch.nn.functional as F
 from toy_env import GridGoalVecEnv
 
 import agent
-from augment import GRAY_WEIGHTS, TRANSFORMS, UcbSelector, augment, crop, flip, grayscale, random_conv
+from augment import (
+    BOX_MAX,
+    BOX_MIN,
+    BOX_PIVOT,
+    COLOUR_AUGMENTATIONS,
+    GRAY_WEIGHTS,
+    JITTER_HIGH,
+    JITTER_LOW,
+    TRANSFORMS,
+    UcbSelector,
+    augment,
+    color_jitter,
+    crop,
+    cutout,
+    cutout_color,
+    flip,
+    grayscale,
+    hsv_to_rgb,
+    jitter,
+    random_conv,
+    rgb_to_hsv,
+    rotate,
+)
 from checkpoint import load_checkpoint
-from config import Config
+from config import Config, parse_flags
 from errors import UsageError
 from train import Trainer
 
@@ -71,7 +94,99 @@ def test_random_conv_convolves_each_sample_with_its_own_kernel():
     assert out.dtype == torch.float32 and (out < 0).any()  # unclamped, as DrAC's
 
 
-@pytest.mark.parametrize("kind", ["crop", "flip"])
+def test_rotate_turns_each_sample_by_its_quarter_turns():
+    frame = torch.tensor([[[[1, 2], [3, 4]]]], dtype=torch.uint8)  # (1, 1, 2, 2)
+    turned = {0: [[1, 2], [3, 4]], 1: [[2, 4], [1, 3]], 2: [[4, 3], [2, 1]], 3: [[3, 1], [4, 2]]}  # counter-clockwise
+    seen = set()
+    for seed in range(20):
+        k = torch.randint(0, 4, (1,), generator=gen(seed)).item()  # the draw rotate makes
+        out = rotate(frame, gen(seed), groups=1)
+        assert out.dtype == torch.uint8 and out[0, 0].tolist() == turned[k]
+        seen.add(k)
+    assert seen == {0, 1, 2, 3}
+
+
+def test_cutout_blacks_out_a_box_below_and_right_of_the_pivot():
+    assert (BOX_MIN, BOX_MAX, BOX_PIVOT) == (7, 22, (12, 24))  # auto-drac's Cutout and CutoutColor defaults
+    frames = torch.full((1, 6, 6, 6), 9, dtype=torch.uint8)  # two RGB frames, 6x6
+    # box (2, 2): rows [0 + 2, 0 + 4), columns [1 + 2, 1 + 4)
+    out = cutout(frames, gen(0), groups=1, box=(2, 3), pivot=(0, 1))
+    rows = [9, 9, 9, 9, 9, 9]
+    assert out[0, 0].tolist() == [rows, rows, [9, 9, 9, 0, 0, 9], [9, 9, 9, 0, 0, 9], rows, rows]
+    assert torch.equal(out[:, 1:], out[:, :1].expand(-1, 5, -1, -1))  # every channel of every frame
+    edge = cutout(frames, gen(0), groups=1, box=(2, 3), pivot=(0, 3))  # columns [5, 7): cut at the edge
+    assert edge[0, 0, 2].tolist() == [9, 9, 9, 9, 9, 0]
+    for seed in range(10):  # sizes (height, width) drawn in [box[0], box[1])
+        height, width = torch.randint(1, 4, (1, 2), generator=gen(seed))[0].tolist()
+        zeroed = (cutout(frames, gen(seed), groups=1, box=(1, 4), pivot=(0, 0))[0, 0] == 0).nonzero()
+        assert zeroed.tolist() == [[r, c] for r in range(height, 2 * height) for c in range(width, 2 * width)]
+
+
+def test_cutout_color_fills_the_box_with_one_colour_per_sample():
+    frames = torch.full((1, 6, 6, 6), 9, dtype=torch.uint8)  # two RGB frames
+    g = gen(2)
+    torch.randint(2, 3, (1, 2), generator=g)  # the box's size, then its colour: the draws cutout_color makes
+    colour = torch.randint(0, 255, (1, 3), generator=g)[0].tolist()
+    out = cutout_color(frames, gen(2), groups=1, frame_channels=3, box=(2, 3), pivot=(0, 1))
+    assert out.dtype == torch.uint8
+    for channel in range(6):
+        fill = colour[channel % 3]
+        row = [9, 9, 9, fill, fill, 9]
+        assert out[0, channel, 2:4].tolist() == [row, row] and (out[0, channel, :2] == 9).all()
+
+
+def test_rgb_to_hsv_and_back_by_hand():
+    rgb = torch.tensor([[0.6, 0.3, 0.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.2, 0.4, 0.8]]).T[None, :, :, None]
+    hsv = rgb_to_hsv(rgb)[0, :, :, 0].T  # (4 pixels, 3)
+    # (0.6, 0.3, 0): max red, hue (0.3 / 0.6) / 6 = 1/12; black: all 0; grey: blue's formula (0 + 4) / 6, S 0;
+    # (0.2, 0.4, 0.8): max blue, hue ((0.2 - 0.4) / 0.6 + 4) / 6 = 11/18, S 0.6 / 0.8
+    expected = [[1 / 12, 1.0, 0.6], [0.0, 0.0, 0.0], [4 / 6, 0.0, 0.5], [11 / 18, 0.75, 0.8]]
+    torch.testing.assert_close(hsv, torch.tensor(expected), atol=1e-6, rtol=0)
+    sectors = torch.tensor([[6, 3, 0], [3, 6, 0], [0, 6, 3], [0, 3, 6], [3, 0, 6], [6, 0, 3]]) / 10  # hues 30, 90, ...
+    for pixels in (rgb, sectors.T[None, :, :, None]):
+        torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(pixels)), pixels, atol=1e-6, rtol=0)
+    full_turn = torch.tensor([1.0, 1.0, 0.8]).view(1, 3, 1, 1)  # hue 360 degrees: in none of auto-drac's sectors
+    assert hsv_to_rgb(full_turn).flatten().tolist() == [0.0, 0.0, 0.0]
+
+
+def test_jitter_by_hand():
+    pixel = torch.tensor([0.6, 0.3, 0.0]).view(1, 3, 1, 1)  # H 30 degrees, S 1, V 0.6
+    hue_sixth = 360 / 255 / 6  # a hue factor that turns the hue by 1/6 (factor * 255 / 360 of a turn)
+    factors = torch.tensor([[1.25, 0.5, 0.5, hue_sixth]])  # brightness, contrast, saturation, hue
+    # V 0.75, H 90 degrees, S 0.5: c = 0.375, x = c (1 - |1.5 mod 2 - 1|) = 0.1875, m = 0.375; the sector
+    # [60, 120) is (x, c, 0) + m. Contrast over a one-pixel image changes nothing.
+    for contrast_first in (True, False):
+        out = jitter(pixel, factors, contrast_first)
+        torch.testing.assert_close(out.flatten(), torch.tensor([0.5625, 0.75, 0.375]), atol=1e-6, rtol=0)
+    greys = torch.tensor([0.2, 0.8]).view(1, 1, 1, 2).expand(1, 3, 1, 2)  # two grey pixels
+    factors = torch.tensor([[1.4, 0.5, 1.0, 0.0]])
+    # contrast first: about the mean 0.5 -> 0.35, 0.65; then brightness 1.4 -> 0.49, 0.91
+    # brightness first: 0.28, 1.12 clamped to 1; then contrast about their mean 0.64 -> 0.46, 0.82
+    for contrast_first, expected in ((True, [0.49, 0.91]), (False, [0.46, 0.82])):
+        out = jitter(greys, factors, contrast_first)
+        torch.testing.assert_close(out, torch.tensor(expected).expand(1, 3, 1, 2), atol=1e-6, rtol=0)
+
+
+def test_color_jitter_draws_its_factors_per_sample_and_its_order_per_call():
+    assert (JITTER_LOW, JITTER_HIGH) == ((0.6, 0.6, 0.6, -0.5), (1.4, 1.4, 1.4, 0.5))  # auto-drac: 0.4, 0.4, 0.4, 0.5
+    frames = stacks(batch=3, k=2, size=5)
+    orders = set()
+    for seed in range(8):
+        g = gen(seed)  # the draws color_jitter makes: factors (groups, 4), then the order
+        factors = torch.tensor(JITTER_LOW) + torch.tensor([0.8, 0.8, 0.8, 1.0]) * torch.rand(3, 4, generator=g)
+        contrast_first = torch.rand((), generator=g).item() >= 0.5
+        out = color_jitter(frames, gen(seed), groups=3, frame_channels=3)
+        assert out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 255
+        for i in range(3):
+            for j in range(2):
+                rgb = frames[i : i + 1, 3 * j : 3 * j + 3].float() / 255
+                expected = jitter(rgb, factors[i : i + 1], contrast_first) * 255
+                torch.testing.assert_close(out[i : i + 1, 3 * j : 3 * j + 3], expected, atol=1e-4, rtol=0)
+        orders.add(contrast_first)
+    assert orders == {True, False}
+
+
+@pytest.mark.parametrize("kind", ["crop", "flip", "rotate"])
 def test_all_frames_of_a_stack_move_together(kind):
     frames = stacks()
     out = augment(frames, kind, gen(1), frame_channels=3)
@@ -80,13 +195,13 @@ def test_all_frames_of_a_stack_move_together(kind):
         assert torch.all(out[:, 3 * j : 3 * j + 3].int() - out[:, :3].int() == 10 * j)
 
 
-@pytest.mark.parametrize("kind", ["crop", "flip", "random_conv"])
+@pytest.mark.parametrize("kind", [t for t in TRANSFORMS if t != "grayscale"])
 def test_recurrent_minibatches_draw_once_per_env_sequence(kind):
     """Time-major samples b and b + n belong to env b % n: the same draw along each sequence."""
-    frames = stacks(batch=1).expand(8, -1, -1, -1)  # one stack at 4 steps of 2 envs
+    frames = stacks(batch=1, size=64).expand(8, -1, -1, -1)  # one stack at 4 steps of 2 envs; 64x64: cutout's box
     out = augment(frames, kind, gen(5), frame_channels=3, groups=2)
     assert all(torch.equal(out[b], out[b % 2]) for b in range(8))
-    assert not torch.equal(out[0], out[1]) or kind == "flip"  # two envs, two draws (a flip may coincide)
+    assert not torch.equal(out[0], out[1])  # two envs, two draws (this seed's flips and turns differ)
 
 
 def small_config(logdir, **overrides) -> Config:
@@ -134,10 +249,33 @@ def test_regularizers_vanish_for_the_identity_and_not_for_crop(tmp_path, monkeyp
     trainer.close()
 
 
-def test_colour_augmentations_need_rgb_frames(tmp_path):
-    cfg = small_config(tmp_path / "run_1", augment="grayscale", env="atari/Breakout", history_length=2)
+@pytest.mark.parametrize("kind", COLOUR_AUGMENTATIONS)
+def test_colour_augmentations_need_rgb_frames(kind, tmp_path):
+    cfg = small_config(tmp_path / "run_1", augment=kind, env="atari/Breakout", history_length=2)
     with pytest.raises(UsageError, match="needs RGB frames"):
         Trainer(cfg)
+
+
+def test_every_transform_is_a_flag_and_regularizes_an_update(tmp_path):
+    cfg = small_config(tmp_path / "run_1")
+    trainer = Trainer(cfg, envs=GridGoalVecEnv(4, seed=0), eval_envs=GridGoalVecEnv(2, seed=1))
+    assert trainer.train_one_update()
+    mb = next(iter(trainer.buffer.minibatches(1, gen(0))))
+    policy, ppo = trainer.policy, trainer.ppo
+    for kind in TRANSFORMS:
+        assert parse_flags(["--augment", kind])["augment"] == kind
+        ppo.augmentation = kind
+        with torch.no_grad():
+            logits, value = policy.minibatch_heads(policy.features(mb.inputs))
+            assert all(torch.isfinite(r) for r in ppo.drac_regularizers(mb, logits, value))
+    trainer.close()
+
+
+def test_ucb_arms_are_auto_drac_s_transforms_in_its_order():
+    # auto-drac train.py's aug_to_func: crop, random-conv, grayscale, flip, rotate, cutout, cutout-color, color-jitter
+    auto_drac = ("crop", "random_conv", "grayscale", "flip", "rotate", "cutout", "cutout_color", "color_jitter")
+    assert auto_drac == TRANSFORMS
+    assert UcbSelector(TRANSFORMS).select() == "crop"  # the first arm of equal bounds
 
 
 def test_ucb_picks_the_highest_upper_confidence_bound_as_auto_drac_does():
@@ -186,5 +324,5 @@ def test_ucb_drac_picks_a_transform_per_update_and_its_bandit_survives_a_checkpo
 def test_ucb_on_grey_frames_chooses_among_the_transforms_for_them(tmp_path):
     cfg = small_config(tmp_path / "run_1", augment="ucb", env="atari/Breakout", history_length=2)
     trainer = Trainer(cfg)
-    assert trainer.ppo.ucb.arms == ("crop", "flip")
+    assert trainer.ppo.ucb.arms == ("crop", "flip", "rotate", "cutout")
     trainer.close()
