@@ -180,6 +180,7 @@ class PPO:
                 new_logprob, entropy = dist.log_prob(mb.actions), dist.entropy()
                 old_values, returns = mb.values, mb.returns
                 if normalizer is not None:  # the head predicts normalized returns (Moon et al.'s ScaledMSEHead)
+                    statistics = {k: v.clone() for k, v in normalizer.state_dict().items()}  # kept if skipped
                     normalizer.update(returns, self.ranks.mean)
                     old_values, returns = normalizer.normalize(old_values), normalizer.normalize(returns)
                 loss, pieces = ppo_loss(
@@ -199,6 +200,8 @@ class PPO:
                 grad_norm = nn.utils.clip_grad_norm_(self.params, self.hp.max_grad_norm)
                 if any_bad_loss | ~torch.isfinite(grad_norm):  # the one host-device sync per minibatch
                     self.optimizer.zero_grad(set_to_none=True)
+                    if normalizer is not None:  # a skipped minibatch leaves the value statistics as they were
+                        normalizer.load_state_dict(statistics)
                     skipped += 1
                     continue
                 self.optimizer.step()

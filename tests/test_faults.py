@@ -264,6 +264,24 @@ def test_non_finite_losses_never_touch_the_weights():
     assert all(torch.isfinite(v).all() for v in policy.state_dict().values())
 
 
+def test_a_skipped_minibatch_leaves_the_value_statistics_as_they_were():
+    """With --value-norm the targets' EWMA statistics were updated before the loss was checked, so a skipped
+    minibatch still moved them."""
+    torch.manual_seed(0)
+    spec = PolicySpec("impala_cnn", (3, 16, 16), 3, 5, head_hidden=16, freeze_backbone=False, value_norm=True)
+    policy = ActorCritic(spec)
+    from test_agent import filled_buffer
+
+    buf = filled_buffer(policy)
+    normalizer = policy.value_normalizer
+    before = {k: v.clone() for k, v in normalizer.state_dict().items()}
+    buf.advantages[:] = float("nan")  # every minibatch's loss is non-finite, its returns are not
+    stats = agent.PPO(policy, Config(update_epochs=2, num_minibatches=2, adv_norm="none")).update(buf)
+    assert stats["skipped_minibatches"] == stats["minibatches"] == 4
+    for k, v in normalizer.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_repeated_non_finite_updates_stop_the_run_with_a_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(agent, "ppo_loss", nan_loss)
     logdir = tmp_path / "run_1"
