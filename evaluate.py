@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     write_results(rows, out)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
     print(f"results in {out}")
     return 0

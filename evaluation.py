@@ -216,6 +216,20 @@ class EvalStats:
         atomic_write(self.folder / "eval_stats.pkl", lambda f: pickle.dump(self.stats, f))
         atomic_write(self.folder / "eval_stats.json", lambda f: f.write(json.dumps(self.stats, indent=1).encode()))
 
+    def crafter_summary(self) -> dict:
+        """summary.json's Crafter scores of evaluation episodes: the best and the last evaluation's, and the last
+        one's step, episode count and success rates (empty when there is no Crafter evaluation)."""
+        scores = self.stats.get("crafter_score")
+        if not scores:
+            return {}
+        return {
+            "best_eval_crafter_score": max(scores),
+            "last_eval_crafter_score": scores[-1],
+            "last_eval_step": self.stats["step"][-1],
+            "last_eval_episodes": self.stats["episodes"][-1],
+            "last_eval_success_rates": self.stats["success_rates"][-1],
+        }
+
 
 def eval_row(result: EvalResult, cfg: Config, step: int, set_name: str, checkpoint: str | None = None) -> dict:
     """One evaluation as a row of EvalStats: summary, published scores, every episode's return and length."""

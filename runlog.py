@@ -25,6 +25,7 @@ from checkpoint import atomic_write
 from config import Config, native_bf16
 from errors import UsageError
 from scores import crafter_score
+from visuals import plot_run_figures
 
 MIN_FREE_MB = 200
 
@@ -112,6 +113,16 @@ class RunLogger:
             import wandb
 
             self.log(step, {"eval/video": wandb.Video(str(path), format=path.suffix[1:])})
+
+    def log_figures(self, step: int, title: str) -> None:
+        """Redraw the run's figures in the logdir (visuals.plot_run_figures) and log them to wandb as images."""
+        if self.metrics_file is None:
+            return
+        figures = plot_run_figures(self.path.parent, title)
+        if self.wandb is not None:
+            import wandb
+
+            self.log(step, {f"figures/{name}": wandb.Image(str(path)) for name, path in figures.items()})
 
     def close(self) -> None:
         if self.metrics_file is not None:
@@ -247,11 +258,23 @@ class EpisodeLog:
             for name, times in (ep.achievements or {}).items():
                 self.unlocked[name] = self.unlocked.get(name, 0) + (times > 0)
 
+    def success_rates(self) -> dict[str, float]:
+        """Percent of all training episodes that unlocked each achievement (Crafter; empty elsewhere)."""
+        return {name: 100.0 * n / self.count for name, n in sorted(self.unlocked.items())}
+
     def crafter_metrics(self) -> dict:
+        """metrics.jsonl's `crafter/` keys: score and success rates over all training episodes so far."""
         if not self.unlocked:
             return {}
-        rates = {name: 100.0 * n / self.count for name, n in sorted(self.unlocked.items())}
+        rates = self.success_rates()
         return {"crafter/score": crafter_score(rates)} | {f"crafter/success_{k}": v for k, v in rates.items()}
+
+    def crafter_summary(self) -> dict:
+        """summary.json's Crafter score of the training episodes: all of them, the published protocol."""
+        if not self.unlocked:
+            return {}
+        rates = self.success_rates()
+        return {"train_crafter_score": crafter_score(rates), "train_success_rates": rates}
 
     def state_dict(self) -> dict:
         return {"recent_returns": list(self.recent_returns), "count": self.count, "unlocked": dict(self.unlocked)}

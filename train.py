@@ -406,7 +406,8 @@ class Trainer:
         return result if result.complete else None
 
     def report_evaluation(self, row: dict, result: EvalResult, improved: bool, record: bool) -> None:
-        """eval_stats, metrics, video, learning curve and one line about an evaluation."""
+        """eval_stats, metrics, video, figures (learning curve; Crafter: success rates) and one line about an
+        evaluation."""
         self.history.add(row)
         metrics = {
             "eval/mean_return": row["mean_return"],
@@ -422,7 +423,7 @@ class Trainer:
         if record:
             video = write_video(result.frames, self.logdir / "videos" / f"eval_{self.state.global_step:09d}.mp4")
             self.logger.log_video(self.state.global_step, video)
-        plot_learning_curve(self.logdir / "metrics.jsonl", self.logdir / "learning_curve.png", self.cfg.env)
+        self.logger.log_figures(self.state.global_step, self.cfg.env)
         self.progress.write(
             f"eval @ {self.state.global_step:,}: return {row['mean_return']:.2f} +- {row['std_return']:.2f} over "
             f"{len(result.returns)} episodes, score {self.state.last_score:.2f}"
@@ -468,7 +469,8 @@ class Trainer:
             "return_last_100": float(np.mean(self.episodes.recent_returns)) if self.episodes.recent_returns else None,
             "pretrained_loaded": self.pretrained_loaded,
             "precision_used": self.precision,
-        } | self.episodes.crafter_metrics()
+        }
+        summary |= self.episodes.crafter_summary() | self.history.crafter_summary()  # Crafter: training vs evaluation
         if not self.ranks.is_main:
             return summary
         atomic_write(self.logdir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))

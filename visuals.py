@@ -1,4 +1,5 @@
-"""What people look at: episode videos, the learning curve, value-vs-return plots and a live window."""
+"""What people look at: episode videos, the learning curve (on Crafter with the Crafter score), per-achievement
+success rates, value-vs-return plots and a live window."""
 
 from __future__ import annotations
 
@@ -53,15 +54,37 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def plot_learning_curve(metrics_path: Path, out: Path, title: str = "") -> Path:
-    """Training episode return (raw and smoothed) against steps, evaluation points marked."""
-    rows = read_metrics(metrics_path)
+def save_figure(fig, out: Path) -> Path:
+    """Write a figure as a PNG, making its folder first; -> the path written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    _pyplot().close(fig)
+    return out
+
+
+def is_crafter(rows: list[dict]) -> bool:
+    return any("crafter/score" in r or "eval/crafter_score" in r for r in rows)
+
+
+def mark_best(ax, steps: np.ndarray, values: np.ndarray) -> None:
+    best = int(np.argmax(values))
+    ax.plot(steps[best], values[best], marker="*", ms=16, color="tab:red", ls="none", label="best (saved)")
+
+
+def finish_panel(ax, ylabel: str, title: str) -> None:
+    ax.set(xlabel="environment steps", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best")
+
+
+def plot_return_panel(ax, rows: list[dict], title: str, mark_best_return: bool) -> None:
+    """Training episode return (raw and smoothed), evaluations with their spread."""
     train = [(r["step"], r["charts/episode_return"]) for r in rows if r.get("charts/episode_return") is not None]
     evals = [
         (r["step"], r["eval/mean_return"], r.get("eval/std_return") or 0.0) for r in rows if "eval/mean_return" in r
     ]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     if train:
         steps, returns = np.array(train).T
         ax.plot(steps, returns, color="tab:blue", alpha=0.25, lw=1)
@@ -71,17 +94,71 @@ def plot_learning_curve(metrics_path: Path, out: Path, title: str = "") -> Path:
     if evals:
         steps, means, stds = np.array(evals).T
         ax.errorbar(steps, means, yerr=stds, fmt="o", color="tab:orange", capsize=3, label="evaluation")
-        best = int(np.argmax(means))
-        ax.plot(steps[best], means[best], marker="*", ms=16, color="tab:red", ls="none", label="best (saved)")
-    ax.set(xlabel="environment steps", ylabel="episode return", title=title)
-    ax.grid(alpha=0.3)
-    if train or evals:
-        ax.legend(loc="best")
+        if mark_best_return:
+            mark_best(ax, steps, means)
+    finish_panel(ax, "episode return", title)
+
+
+def plot_crafter_score_panel(ax, rows: list[dict], title: str) -> None:
+    """The Crafter score of all training episodes so far (metrics.jsonl's `crafter/score`, the published protocol)
+    and of each evaluation's episodes."""
+    train = [(r["step"], r["crafter/score"]) for r in rows if r.get("crafter/score") is not None]
+    evals = [(r["step"], r["eval/crafter_score"]) for r in rows if r.get("eval/crafter_score") is not None]
+    if train:
+        ax.plot(*np.array(train).T, color="tab:blue", lw=2, label="training episodes, all so far (published protocol)")
+    if evals:
+        steps, scores = np.array(evals).T
+        ax.plot(steps, scores, "o-", color="tab:orange", label="evaluation episodes")
+        mark_best(ax, steps, scores)
+    finish_panel(ax, "Crafter score (%)", title)
+
+
+def learning_curve_figure(rows: list[dict], title: str = ""):
+    """Episode return against steps; on Crafter the Crafter score first, then the return."""
+    plt = _pyplot()
+    if not is_crafter(rows):
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+        plot_return_panel(ax, rows, title, mark_best_return=True)
+    else:  # the best checkpoint is the one with the best Crafter score, marked there
+        fig, (score_ax, return_ax) = plt.subplots(1, 2, figsize=(14, 4.5), dpi=100)
+        plot_crafter_score_panel(score_ax, rows, f"{title} Crafter score".strip())
+        plot_return_panel(return_ax, rows, f"{title} episode return".strip(), mark_best_return=False)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return fig
+
+
+def plot_learning_curve(metrics_path: Path, out: Path, title: str = "") -> Path:
+    """learning_curve.png from a run's metrics.jsonl (see `learning_curve_figure`)."""
+    return save_figure(learning_curve_figure(read_metrics(metrics_path), title), out)
+
+
+def achievements_figure(rates: dict[str, float], title: str = ""):
+    """One bar per achievement: the percent of episodes that unlocked it, on a log scale as in the Crafter paper
+    (0% bars are empty; every bar is labelled with its rate)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(12, 5), dpi=100)
+    names = list(rates)
+    bars = ax.bar(range(len(names)), [max(rates[n], 0.01) for n in names], color="tab:blue")
+    ax.bar_label(bars, [f"{rates[n]:.3g}" for n in names], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylim(0.01, 200)  # room for the labels of 100% bars
+    ax.yaxis.set_major_formatter("{x:g}")
+    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=60, ha="right")
+    ax.set(ylabel="success rate (%)", title=title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_run_figures(logdir: Path, title: str = "") -> dict[str, Path]:
+    """Redraw a run's figures in its logdir: `learning_curve.png` (metrics.jsonl), and on Crafter `achievements.png`
+    with the latest evaluation's success rates (eval_stats.json). -> name: path of each."""
+    figures = {"learning_curve": learning_curve_figure(read_metrics(logdir / "metrics.jsonl"), title)}
+    evals = json.loads(path.read_text()) if (path := logdir / "eval_stats.json").exists() else {}
+    if evals.get("success_rates"):
+        about = f"evaluation at step {evals['step'][-1]:,}, {evals['episodes'][-1]} episodes"
+        figures["achievements"] = achievements_figure(evals["success_rates"][-1], f"{title} success rates, {about}")
+    return {name: save_figure(fig, logdir / f"{name}.png") for name, fig in figures.items()}
 
 
 def plot_value_analysis(
@@ -107,10 +184,7 @@ def plot_value_analysis(
     right.set(xlabel="realized return $G_t$", ylabel="predicted value $V(s_t)$", title=f"explained variance {ev:.3f}")
     fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def display_available() -> bool:

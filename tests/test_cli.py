@@ -3,6 +3,7 @@
 import json
 import math
 import pickle
+import shutil
 import subprocess
 import sys
 import warnings
@@ -157,6 +158,55 @@ def test_evaluate_rebuilds_from_the_checkpoint_alone(trained_run, tmp_path):
         assert "normalized_return" in rows[0] and "generalization gap" in proc.stdout
     if family == "atari":
         assert rows[0]["human_normalized"] is not None
+
+
+# evaluate.py's outputs, each alone: flags -> the files it writes, run in a folder holding run_1/last.pth
+FRESH_OUTPUTS = {
+    "results": ([], ["run_1/evaluation/results.json", "run_1/evaluation/eval_stats.json"]),
+    "video": (["--record", "--video-frames", "20"], ["run_1/evaluation/run_1_last_eval.mp4"]),
+    "value plot": (["--analyze-value"], ["run_1/evaluation/run_1_last_eval_value.png"]),
+    "json": (["--json", "reports/run_1.json"], ["reports/run_1.json"]),
+}
+
+
+@pytest.mark.parametrize("trained_run", ["crafter"], indirect=True)
+@pytest.mark.parametrize("output", sorted(FRESH_OUTPUTS))
+def test_each_evaluate_output_makes_its_folder(trained_run, output, tmp_path, monkeypatch):
+    """A run never evaluated before has no evaluation/ folder: every output, alone, must make its own."""
+    _, logdir, _ = trained_run
+    (tmp_path / "run_1").mkdir()
+    shutil.copy(logdir / "last.pth", tmp_path / "run_1" / "last.pth")
+    monkeypatch.chdir(tmp_path)
+    flags, files = FRESH_OUTPUTS[output]
+    assert evaluate.main(["run_1/last.pth", "--episodes", "1", "--num-envs", "1", *flags]) == 0
+    for name in files:
+        assert (tmp_path / name).stat().st_size > 0, name
+    (row,) = json.loads(Path("run_1/evaluation/results.json").read_text())
+    if output == "value plot":
+        assert Path(row["value_plot"]).read_bytes()[:4] == b"\x89PNG" and "value_explained_variance" in row
+
+
+@pytest.mark.parametrize("trained_run", ["crafter"], indirect=True)
+def test_a_crafter_run_shows_its_crafter_scores(trained_run):
+    """learning_curve.png opens with the Crafter score, achievements.png has the last evaluation's success rates
+    (both also in wandb, at each evaluation), and summary.json tells the published training score from the
+    evaluation scores."""
+    _, logdir, _ = trained_run
+    rows = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    evals = json.loads((logdir / "eval_stats.json").read_text())
+    summary = json.loads((logdir / "summary.json").read_text())
+    train_scores = [r["crafter/score"] for r in rows if "crafter/score" in r]  # all training episodes so far
+    assert summary["train_crafter_score"] == train_scores[-1] and len(summary["train_success_rates"]) == 22
+    assert summary["best_eval_crafter_score"] == max(evals["crafter_score"]) == summary["best_eval_score"]
+    assert summary["last_eval_crafter_score"] == evals["crafter_score"][-1] == summary["last_eval_score"]
+    assert summary["last_eval_success_rates"] == evals["success_rates"][-1]
+    assert (summary["last_eval_step"], summary["last_eval_episodes"]) == (evals["step"][-1], evals["episodes"][-1])
+    assert not any(key.startswith("crafter/") for key in summary)  # the unlabelled keys are gone
+    assert iio.imread(logdir / "learning_curve.png").shape[:2] == (450, 1400)  # Crafter score beside the return
+    assert iio.imread(logdir / "achievements.png").shape[:2] == (500, 1200)
+    media = next((logdir / "wandb").glob("offline-run-*/files/media/images/figures"))
+    for figure in ("learning_curve", "achievements"):
+        assert len(list(media.glob(f"{figure}_*.png"))) == len(evals["step"]), figure
 
 
 def test_default_run_is_the_crafter_cpu_recipe_on_a_cpu(monkeypatch):
