@@ -3,24 +3,24 @@
 A run is resolved from, lowest first: `Config`'s defaults, `--preset NAME` (configs/NAME.yaml), `--config FILE`,
 then the flags given. `Config`'s defaults are the crafter-cpu recipe; a Crafter run on a GPU with neither --preset
 nor --config starts from crafter-moon instead (`default_preset`). Every run writes the result as `config.yaml` in
-its logdir, so `python train.py --config logs/run_1/config.yaml --logdir logs/run_2` repeats it.
+its logdir, so `python train.py --config logs/run_1/config.yaml --logdir logs/run_2` repeats it. This module does
+not import torch (hardware.py answers the questions that need it), so `--help` and a mistyped flag are answered at
+once.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import difflib
 import os
+import textwrap
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
-from augment import AUGMENTATIONS
 from env import parse_env_id
 from env_procgen import PROCGEN_MODES
 from errors import UsageError
@@ -28,24 +28,40 @@ from errors import UsageError
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRECISIONS = ("auto", "bf16", "fp32")
 RECIPES = {"atari": "atari-cleanrl", "procgen": "procgen-official"}  # the preset to start from, per family
+# augment.AUGMENTATIONS and policy.py's own timm models, written out: those modules import torch (tests check them)
+AUGMENTATIONS = ("none", "crop", "random_conv", "grayscale", "flip", "rotate", "cutout", "cutout_color", "color_jitter",
+                 "ucb")  # fmt: skip
+PIXEL_BACKBONES = ("nature_cnn", "impala_cnn", "impala_cnn_moon", "impala_cnn_moon_half")
+# the flags' groups in --help, with what each holds
+GROUPS = {
+    "run": "what to train, from which settings, where (flags win over --config's file, which wins over --preset's)",
+    "game": "the game and its envs",
+    "network": "the policy: backbone, trunk, heads, recurrent core",
+    "PPO": "the update and its rewards",
+    "evaluation and checkpoints": "evaluations between updates (best_model.pth keeps the best), last.pth",
+    "logging": "progress lines, metrics.jsonl, TensorBoard, wandb",
+    "hardware": "device, arithmetic, compilation, torchrun",
+}
 
 
 def arg(
     default,
     help: str,
     *,
+    group: str,
+    metavar: str | None = None,
     choices: tuple | None = None,
     check: tuple | None = None,
     resume: bool = False,
     invocation: bool = False,
     secret: bool = False,
 ):
-    """A Config field and its rules: its command-line help and `choices`; `check`, a (predicate, what is allowed)
-    pair that `validate` applies; `resume`: a resumed run may change it (otherwise it is the run's own);
-    `invocation`: what one invocation does rather than what the run is (never written to config.yaml); `secret`:
-    never written anywhere (checkpoints, wandb, run files)."""
+    """A Config field and its rules: its command-line `group` (in GROUPS), help, `metavar` (default: by type) and
+    `choices`; `check`, a (predicate, what is allowed) pair that `validate` applies; `resume`: a resumed run may
+    change it (otherwise it is the run's own); `invocation`: what one invocation does rather than what the run is
+    (never written to config.yaml); `secret`: never written anywhere (checkpoints, wandb, run files)."""
     rules = {"choices": choices, "check": check, "resume": resume, "invocation": invocation, "secret": secret}
-    return field(default=default, metadata={"help": help, **rules})
+    return field(default=default, metadata={"help": help, "group": group, "metavar": metavar, **rules})
 
 
 # `check` rules: (is the value allowed, what is allowed)
@@ -67,147 +83,265 @@ def preset_names() -> tuple[str, ...]:
 @dataclass
 class Config:
     # run
-    env: str = arg("crafter", "crafter, procgen/<game> or atari/<Game> (or a gymnasium id like ALE/Pong-v5)")
-    logdir: str = arg("", "run folder (default: the next free logs/run_<N>)", invocation=True)
-    config: str = arg("", "YAML run file to start from (flags given on the command line still win)", invocation=True)
+    config: str = arg(
+        "",
+        "YAML run file to start from, e.g. a run's config.yaml (flags given on the command line still win)",
+        group="run",
+        metavar="PATH",
+        invocation=True,
+    )
     preset: str = arg(
         "",
-        "published recipe to start from: configs/<PRESET>.yaml (none: crafter-cpu's settings; a Crafter run on a GPU "
+        "published recipe to start from, configs/<NAME>.yaml (none: crafter-cpu's settings; a Crafter run on a GPU "
         "without --config: crafter-moon)",
+        group="run",
         choices=preset_names(),
     )
-    overwrite: bool = arg(False, "replace an existing run in --logdir", resume=True, invocation=True)
-    steps: int = arg(1_024_000, "total environment steps (agent steps summed over envs)", check=AT_LEAST_1, resume=True)
-    eval_interval: int = arg(102_400, "evaluate every this many steps (and at the end)", check=AT_LEAST_1)
-    eval_episodes: int = arg(20, "episodes per evaluation", check=AT_LEAST_1)
-    eval_envs: int = arg(8, "parallel evaluation envs", check=AT_LEAST_1)
-    num_envs: int = arg(8, "parallel training envs", check=AT_LEAST_1)
-    history_length: int = arg(1, "frames stacked into one observation", check=AT_LEAST_1)
-    seed: int = arg(42, "random seed")
-    device: str = arg("auto", "auto, cpu or cuda[:N]", resume=True)
-    save_interval: float = arg(10.0, "also save last.pth every this many minutes", check=POSITIVE, resume=True)
+    logdir: str = arg(
+        "", "run folder (default: the next free logs/run_<N>)", group="run", metavar="PATH", invocation=True
+    )
+    overwrite: bool = arg(False, "replace an existing run in --logdir", group="run", resume=True, invocation=True)
+    steps: int = arg(
+        1_024_000,
+        "total environment steps (agent steps summed over envs)",
+        group="run",
+        check=AT_LEAST_1,
+        resume=True,
+    )
+    seed: int = arg(42, "random seed", group="run")
     resume: str = arg(
-        "", "continue the run in this logdir (its last.pth) or from this checkpoint", resume=True, invocation=True
+        "",
+        "continue the run in this logdir (its last.pth) or from this checkpoint",
+        group="run",
+        metavar="PATH",
+        resume=True,
+        invocation=True,
     )
     stop_after: int = arg(
         0,
         "stop cleanly once this many steps are done, to go on later with --resume (0: never)",
+        group="run",
         check=NON_NEGATIVE,
         resume=True,
         invocation=True,
     )
-    max_env_crashes: int = arg(
-        3, "restart crashed env workers up to this many times, then stop the run", check=NON_NEGATIVE, resume=True
+    # game
+    env: str = arg(
+        "crafter",
+        "crafter, procgen/<game> or atari/<Game> (or a gymnasium id like ALE/Pong-v5)",
+        group="game",
+        metavar="GAME",
     )
-    max_bad_updates: int = arg(
+    num_envs: int = arg(8, "parallel training envs", group="game", check=AT_LEAST_1)
+    history_length: int = arg(1, "frames stacked into one observation", group="game", check=AT_LEAST_1)
+    distribution_mode: str = arg("easy", "Procgen distribution mode", group="game", choices=PROCGEN_MODES)
+    start_level: int = arg(0, "Procgen: first training level", group="game", check=NON_NEGATIVE)
+    num_levels: int = arg(
+        200,
+        "Procgen: training levels (0: unlimited); evaluation in training: the 1000 after them",
+        group="game",
+        check=NON_NEGATIVE,
+    )
+    episodic_life: bool = arg(True, "Atari: a lost life ends the training episode (never in evaluation)", group="game")
+    sticky_actions: float = arg(
+        0.0, "Atari: repeat-action probability (0.25 is the v5 protocol)", group="game", check=PROBABILITY
+    )
+    max_env_crashes: int = arg(
         3,
-        "stop after this many consecutive updates whose every minibatch was non-finite",
-        check=AT_LEAST_1,
+        "restart crashed env workers up to this many times, then stop the run",
+        group="game",
+        check=NON_NEGATIVE,
         resume=True,
     )
-    dist_timeout: float = arg(
-        30.0, "torchrun: minutes a rank waits for the others before the job fails", check=POSITIVE, resume=True
+    # network
+    backbone: str = arg(
+        "nature_cnn",
+        f"{', '.join(PIXEL_BACKBONES)} (pixelppo's own pixel CNNs) or any timm model",
+        group="network",
+        metavar="NAME",
     )
-    # policy
-    backbone: str = arg("nature_cnn", "any timm model, or nature_cnn / impala_cnn")
-    pretrained: bool = arg(False, "load the backbone's pretrained weights when they can be had")
-    pretrained_file: str = arg("", "load backbone weights from this local file instead of the hub")
-    freeze_backbone: bool = arg(False, "keep backbone weights fixed; train only the heads")
-    head_hidden: int = arg(
-        0, "width of the 3-layer policy and value heads (0: one linear layer each)", check=NON_NEGATIVE
+    pretrained: bool = arg(False, "load the backbone's pretrained weights when they can be had", group="network")
+    pretrained_file: str = arg(
+        "", "load backbone weights from this local file instead of the hub", group="network", metavar="PATH"
     )
-    feature_norm: bool = arg(True, "LayerNorm on the backbone features, so the heads see unit scale")
-    trunk_hidden: int = arg(
-        1024, "a shared dense layer (ReLU) of this width before the heads (0: none)", check=NON_NEGATIVE
-    )
-    value_norm: bool = arg(True, "the value head predicts normalized returns (EWMA statistics of the targets)")
+    freeze_backbone: bool = arg(False, "keep backbone weights fixed; train only the heads", group="network")
     image_size: int = arg(
-        0, "resize frames to N x N before the backbone (0: native size; ImageNet nets like ~224)", check=NON_NEGATIVE
+        0,
+        "resize frames to N x N before the backbone (0: native size; ImageNet nets like ~224)",
+        group="network",
+        check=NON_NEGATIVE,
     )
     feature_level: int = arg(
         -1,
         "features: the backbone's flattened map at this level (0: stride 2, 1: stride 4, ...), as PIE-G; -1: pooled",
+        group="network",
         check=AT_LEAST_MINUS_1,
     )
-    recurrent: str = arg("none", "recurrent core between the trunk and the heads", choices=("none", "gru", "lstm"))
-    recurrent_size: int = arg(256, "units of the recurrent core", check=AT_LEAST_1)
-    precision: str = arg(
-        "auto",
-        "the backbone's arithmetic: auto (bf16 autocast on CPUs where it trains faster, else fp32; TF32 on GPUs), "
-        "bf16, fp32",
-        choices=PRECISIONS,
-        resume=True,
+    feature_norm: bool = arg(True, "LayerNorm on the backbone features, so the heads see unit scale", group="network")
+    trunk_hidden: int = arg(
+        1024,
+        "a shared dense layer (ReLU) of this width before the heads (0: none)",
+        group="network",
+        check=NON_NEGATIVE,
     )
-    compile: bool = arg(
-        False, "torch.compile the backbone (compiles for a minute or more; for long GPU runs)", resume=True
+    head_hidden: int = arg(
+        0, "width of the 3-layer policy and value heads (0: one linear layer each)", group="network", check=NON_NEGATIVE
     )
-    cuda_graph: bool = arg(
-        True, "on CUDA, run the rollout policy step as one captured CUDA graph (not with --compile)", resume=True
+    value_norm: bool = arg(
+        True, "the value head predicts normalized returns (EWMA statistics of the targets)", group="network"
     )
+    recurrent: str = arg(
+        "none", "recurrent core between the trunk and the heads", group="network", choices=("none", "gru", "lstm")
+    )
+    recurrent_size: int = arg(256, "units of the recurrent core", group="network", check=AT_LEAST_1)
     # PPO
-    lr: float = arg(3e-4, "Adam learning rate", check=POSITIVE)
-    lr_schedule: str = arg("constant", "learning-rate schedule", choices=("constant", "linear", "cosine"))
-    num_steps: int = arg(512, "rollout length per env per update", check=AT_LEAST_1)
-    update_epochs: int = arg(3, "PPO epochs per rollout", check=AT_LEAST_1)
-    num_minibatches: int = arg(8, "minibatches per epoch", check=AT_LEAST_1)
-    gamma: float = arg(0.95, "discount factor", check=DISCOUNT)
-    gae_lambda: float = arg(0.65, "GAE lambda", check=UNIT_INTERVAL)
-    clip_coef: float = arg(0.2, "PPO ratio clip (also the value clip)", check=POSITIVE)
-    clip_vloss: bool = arg(False, "clip the value loss around the rollout values")
-    ent_coef: float = arg(0.01, "entropy bonus coefficient", check=NON_NEGATIVE)
-    vf_coef: float = arg(1.0, "value loss coefficient", check=NON_NEGATIVE)
-    max_grad_norm: float = arg(0.5, "global gradient norm clip", check=POSITIVE)
+    lr: float = arg(3e-4, "Adam learning rate", group="PPO", check=POSITIVE)
+    lr_schedule: str = arg("constant", "learning-rate schedule", group="PPO", choices=("constant", "linear", "cosine"))
+    adam_eps: float = arg(
+        1e-8,
+        "Adam epsilon (CleanRL and openai/baselines: 1e-5; PyTorch's default: 1e-8)",
+        group="PPO",
+        check=POSITIVE,
+    )
+    num_steps: int = arg(512, "rollout length per env per update", group="PPO", check=AT_LEAST_1)
+    update_epochs: int = arg(3, "PPO epochs per rollout", group="PPO", check=AT_LEAST_1)
+    num_minibatches: int = arg(8, "minibatches per epoch", group="PPO", check=AT_LEAST_1)
+    gamma: float = arg(0.95, "discount factor", group="PPO", check=DISCOUNT)
+    gae_lambda: float = arg(0.65, "GAE lambda", group="PPO", check=UNIT_INTERVAL)
+    clip_coef: float = arg(0.2, "PPO ratio clip (also the value clip)", group="PPO", check=POSITIVE)
+    clip_vloss: bool = arg(False, "clip the value loss around the rollout values", group="PPO")
+    ent_coef: float = arg(0.01, "entropy bonus coefficient", group="PPO", check=NON_NEGATIVE)
+    vf_coef: float = arg(1.0, "value loss coefficient", group="PPO", check=NON_NEGATIVE)
+    max_grad_norm: float = arg(0.5, "global gradient norm clip", group="PPO", check=POSITIVE)
     target_kl: float | None = arg(
-        None, "stop the epochs early when approx KL exceeds this (none: never)", check=POSITIVE_OR_NONE
+        None,
+        "stop the epochs early when approx KL exceeds this (none: never)",
+        group="PPO",
+        check=POSITIVE_OR_NONE,
     )
     adv_norm: str = arg(
         "batch",
         "normalize advantages per minibatch, over the whole batch, or not",
+        group="PPO",
         choices=("minibatch", "batch", "none"),
+    )
+    reward_scaling: str = arg(
+        "auto",
+        "training rewards: auto (Atari sign, Procgen normalize, Crafter none)",
+        group="PPO",
+        choices=("auto", "none", "sign", "normalize"),
+    )
+    reward_norm_gamma: float | None = arg(
+        None,
+        "discount of the return whose std normalizes rewards (none: --gamma)",
+        group="PPO",
+        check=DISCOUNT_OR_NONE,
     )
     augment: str = arg(
         "none",
         "DrAC: regularize the policy and value on augmented frames (the PPO loss stays clean); ucb: UCB-DrAC's "
         "bandit picks the transform of each update",
+        group="PPO",
         choices=AUGMENTATIONS,
     )
-    drac_coef: float = arg(0.1, "weight of DrAC's two regularizers (the paper's alpha_r)", check=NON_NEGATIVE)
-    adam_eps: float = arg(
-        1e-8, "Adam epsilon (CleanRL and openai/baselines: 1e-5; PyTorch's default: 1e-8)", check=POSITIVE
+    drac_coef: float = arg(
+        0.1, "weight of DrAC's two regularizers (the paper's alpha_r)", group="PPO", check=NON_NEGATIVE
     )
-    reward_scaling: str = arg(
-        "auto",
-        "training rewards: auto (Atari sign, Procgen normalize, Crafter none)",
-        choices=("auto", "none", "sign", "normalize"),
+    max_bad_updates: int = arg(
+        3,
+        "stop after this many consecutive updates whose every minibatch was non-finite",
+        group="PPO",
+        check=AT_LEAST_1,
+        resume=True,
     )
-    reward_norm_gamma: float | None = arg(
-        None, "discount of the return whose std normalizes rewards (none: --gamma)", check=DISCOUNT_OR_NONE
+    # evaluation and checkpoints
+    eval_interval: int = arg(
+        102_400, "evaluate every this many steps (and at the end)", group="evaluation and checkpoints", check=AT_LEAST_1
     )
-    # game options
-    distribution_mode: str = arg("easy", "Procgen distribution mode", choices=PROCGEN_MODES)
-    start_level: int = arg(0, "Procgen: first training level", check=NON_NEGATIVE)
-    num_levels: int = arg(
-        200, "Procgen: training levels (0: unlimited); evaluation in training: the 1000 after them", check=NON_NEGATIVE
+    eval_episodes: int = arg(20, "episodes per evaluation", group="evaluation and checkpoints", check=AT_LEAST_1)
+    eval_envs: int = arg(8, "parallel evaluation envs", group="evaluation and checkpoints", check=AT_LEAST_1)
+    eval_video: bool = arg(
+        True,
+        "record one evaluation episode as a video (logdir/videos and wandb)",
+        group="evaluation and checkpoints",
+        resume=True,
     )
-    episodic_life: bool = arg(True, "Atari: a lost life ends the training episode (never in evaluation)")
-    sticky_actions: float = arg(0.0, "Atari: repeat-action probability (0.25 is the v5 protocol)", check=PROBABILITY)
+    video_every: int = arg(
+        1,
+        "record the video at every this many-th evaluation",
+        group="evaluation and checkpoints",
+        check=AT_LEAST_1,
+        resume=True,
+    )
+    video_frames: int = arg(
+        500, "longest evaluation video in frames", group="evaluation and checkpoints", check=AT_LEAST_1, resume=True
+    )
+    save_interval: float = arg(
+        10.0,
+        "also save last.pth every this many minutes",
+        group="evaluation and checkpoints",
+        metavar="MINUTES",
+        check=POSITIVE,
+        resume=True,
+    )
     # logging
-    eval_video: bool = arg(True, "record one evaluation episode as a video (logdir/videos and wandb)", resume=True)
-    video_every: int = arg(1, "record the video at every this many-th evaluation", check=AT_LEAST_1, resume=True)
-    video_frames: int = arg(500, "longest evaluation video in frames", check=AT_LEAST_1, resume=True)
     progress_interval: float = arg(
-        30.0, "seconds between progress lines when not on a terminal", check=POSITIVE, resume=True
+        30.0,
+        "seconds between progress lines when not on a terminal",
+        group="logging",
+        metavar="SECONDS",
+        check=POSITIVE,
+        resume=True,
     )
-    tensorboard: bool = arg(False, "also write TensorBoard event files to logdir/tensorboard")
+    tensorboard: bool = arg(False, "also write TensorBoard event files to logdir/tensorboard", group="logging")
     wandb_mode: str = arg(
         "auto",
         "auto: online with a key or login, else offline in the logdir",
+        group="logging",
         choices=("auto", "online", "offline", "disabled"),
         resume=True,
     )
-    wandb_project: str = arg("pixelppo", "wandb project", resume=True)
-    wandb_entity: str = arg("", "wandb entity (team or user)", resume=True)
-    wandb_key: str = arg("", "wandb API key (never written to disk)", resume=True, invocation=True, secret=True)
+    wandb_project: str = arg("pixelppo", "wandb project", group="logging", metavar="NAME", resume=True)
+    wandb_entity: str = arg("", "wandb entity (team or user)", group="logging", metavar="NAME", resume=True)
+    wandb_key: str = arg(
+        "",
+        "wandb API key (never written to disk)",
+        group="logging",
+        metavar="KEY",
+        resume=True,
+        invocation=True,
+        secret=True,
+    )
+    # hardware
+    device: str = arg("auto", "auto, cpu or cuda[:N]", group="hardware", metavar="DEVICE", resume=True)
+    precision: str = arg(
+        "auto",
+        "the backbone's arithmetic: auto (bf16 autocast on CPUs where it trains faster, else fp32; TF32 on GPUs), "
+        "bf16, fp32",
+        group="hardware",
+        choices=PRECISIONS,
+        resume=True,
+    )
+    compile: bool = arg(
+        False,
+        "torch.compile the backbone (compiles for a minute or more; for long GPU runs)",
+        group="hardware",
+        resume=True,
+    )
+    cuda_graph: bool = arg(
+        True,
+        "on CUDA, run the rollout policy step as one captured CUDA graph (not with --compile)",
+        group="hardware",
+        resume=True,
+    )
+    dist_timeout: float = arg(
+        30.0,
+        "torchrun: minutes a rank waits for the others before the job fails",
+        group="hardware",
+        metavar="MINUTES",
+        check=POSITIVE,
+        resume=True,
+    )
 
     @property
     def batch_size(self) -> int:
@@ -277,22 +411,48 @@ def optional_float(text: str) -> float | None:
     return None if text.lower() in ("none", "") else float(text)
 
 
+TYPES = {"int": int, "float": float, "str": str, "float | None": optional_float}
+METAVARS = {"int": "N", "float": "FLOAT", "float | None": "FLOAT", "str": "NAME"}  # a field's own metavar wins
+USAGE = "%(prog)s [-h] [--preset NAME | --config PATH] [--env GAME] [--logdir PATH] [--resume PATH] [--FLAG ...]"
+
+
+def shown_default(value) -> str:
+    """A default as --help shows it: on / off, none or the value; nothing for "" (the help says what it means)."""
+    if isinstance(value, bool):
+        return f" (default: {'on' if value else 'off'})"
+    if value == "":
+        return ""
+    return f" (default: {'none' if value is None else value})"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help with room for metavars; lines break at spaces only, so crafter-moon or --no-pretrained stay whole."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=32)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
+
 def build_parser(description: str = "") -> argparse.ArgumentParser:
-    """One flag per Config field; defaults are suppressed so run files can sit between them and the flags."""
+    """One flag per Config field, in its group, with its metavar, choices and default; defaults are left out of the
+    parsed flags so run files can sit between them and the flags."""
     parser = argparse.ArgumentParser(
         description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=USAGE,
+        formatter_class=HelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
-    types = {"int": int, "float": float, "str": str, "float | None": optional_float}
+    groups = {name: parser.add_argument_group(name, about) for name, about in GROUPS.items()}
     for f in FIELDS.values():
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        group, help_text = groups[f.metadata["group"]], f.metadata["help"] + shown_default(f.default)
         if f.type == "bool":
-            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(
-                flag(f.name), type=types[f.type], choices=f.metadata.get("choices"), help=help_text, metavar="X"
-            )
+            choices = f.metadata["choices"]
+            metavar = f.metadata["metavar"] or (None if choices else METAVARS[f.type])
+            group.add_argument(flag(f.name), type=TYPES[f.type], choices=choices, metavar=metavar, help=help_text)
     return parser
 
 
@@ -369,10 +529,15 @@ def default_run_file() -> str:
         "# These are the crafter-cpu recipe's settings (configs/crafter-cpu.yaml says what it measured). On a GPU,",
         "# `python train.py` with neither --preset nor --config runs crafter-moon (configs/crafter-moon.yaml) instead.",
     ]
+    group = ""
     for name, value in Config().run_file_dict().items():
-        if name != "preset":
-            entry = yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()[1:-1]
-            lines.append(f"{entry:<45} # {FIELDS[name].metadata['help']}")
+        if name == "preset":
+            continue
+        if FIELDS[name].metadata["group"] != group:
+            group = FIELDS[name].metadata["group"]
+            lines.append(f"# {group}")
+        entry = yaml.safe_dump({name: value}, default_flow_style=True, width=1000).strip()[1:-1]
+        lines.append(f"{entry:<45} # {FIELDS[name].metadata['help']}")
     return "\n".join(lines) + "\n"
 
 
@@ -424,6 +589,8 @@ def default_preset(given: dict) -> str:
     settings on the Nature CNN: 10.9%, 30 minutes on 2 CPU cores, where crafter-moon takes about 9 hours)."""
     if given.get("config") or parse_env_id(given.get("env", Config.env)).family != "crafter":
         return ""
+    from hardware import resolve_device
+
     return "crafter-moon" if resolve_device(given.get("device", Config.device)).type == "cuda" else ""
 
 
@@ -482,82 +649,13 @@ def validate(cfg: Config, sources: dict[str, str] | None = None) -> None:
             f"{where('num_minibatches')}: a recurrent policy trains on whole env sequences, so it must divide "
             f"--num-envs {cfg.num_envs}"
         )
+    from hardware import resolve_device
     from policy import check_backbone
 
     check_backbone(cfg.backbone)
     if cfg.pretrained_file and not os.path.isfile(cfg.pretrained_file):
         raise UsageError(f"{where('pretrained_file')}: file not found")
     resolve_device(cfg.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"unknown --device {name!r}") from e
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware, as PyTorch detects it: a CPU with AVX512-BF16 or AMX (oneDNN
-    emulates bf16 on other CPUs, several times slower than fp32), a GPU of compute capability 8.0 or newer."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return False
-
-
-def cpu_vendor() -> str:
-    """The CPU's vendor as Linux names it ("GenuineIntel", "AuthenticAMD"); "" where /proc/cpuinfo is missing."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    return ""
-
-
-def bf16_pays_on_cpu() -> tuple[bool, str]:
-    """Whether bf16 autocast trains faster than fp32 on this CPU, and why. Native bf16 is not enough: training ran
-    1.6-2.4x faster in bf16 with AMX (Intel Xeon) and 1.05-1.9x with AVX512-BF16 on an AMD EPYC (Zen 4), but on
-    an Intel Xeon with AVX512-BF16 and no AMX (absent, or not enabled by the OS) every preset's PPO update ran
-    faster in fp32, whose two 512-bit FMA units outpace oneDNN's bf16 kernels there (bf16 at 0.67-0.83x;
-    bench/results/throughput-precision.json, from `python bench/throughput.py --only precision`)."""
-    if torch.cpu._is_amx_tile_supported():
-        return True, "AMX on this CPU"
-    if not torch.cpu._is_avx512_bf16_supported():
-        return False, "no native bf16 on this CPU"
-    if cpu_vendor() == "GenuineIntel":
-        return False, "AVX512-BF16 without AMX, slower than fp32 on this Intel CPU"
-    return True, "AVX512-BF16 on this CPU"
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """--precision on `device` -> "bf16" or "fp32". auto is bf16 autocast where it trains faster than fp32 on
-    this CPU (`bf16_pays_on_cpu`) and fp32 elsewhere: on GPUs fp32 runs on TF32 tensor cores and bf16 measured
-    slower (H200). An explicit bf16 without hardware support warns: it is emulated, slowly."""
-    if name == "auto":
-        return "bf16" if device.type == "cpu" and bf16_pays_on_cpu()[0] else "fp32"
-    if name == "bf16" and not native_bf16(device):
-        what = "this GPU (compute capability < 8.0)" if device.type == "cuda" else f"this {device.type.upper()}"
-        warnings.warn(
-            f"--precision bf16: {what} has no native bf16, so it is emulated and runs several times slower than "
-            "fp32 (--precision auto picks fp32 here)",
-            stacklevel=2,
-        )
-    return name
-
-
-def precision_note(name: str, used: str, device: torch.device) -> str:
-    """How a run's precision was chosen, for the start line and config.yaml: "bf16 (auto: AMX on this CPU)"."""
-    if name != "auto":
-        return used
-    if device.type != "cpu":
-        return f"{used} (auto: TF32 on GPUs)" if device.type == "cuda" else f"{used} (auto)"
-    return f"{used} (auto: {bf16_pays_on_cpu()[1]})"
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ import torch
 from agent import explained_variance
 from buffer import RewardScaler
 from checkpoint import CheckpointError, atomic_write, load_checkpoint, resolve_checkpoint_path
-from config import Config, resolve_device, resolve_precision
+from config import Config
 from errors import UsageError
 from evaluation import EvalResult, EvalStats, eval_row, make_eval_env, run_episodes
+from hardware import resolve_device, resolve_precision
 from policy import ActorCritic, PolicySpec
 from vecenv import VecEnv
 from visuals import LiveView, plot_value_analysis, write_video

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from checkpoint import atomic_write
-from config import Config, native_bf16
+from config import Config
 from errors import UsageError
+from hardware import native_bf16
 from scores import crafter_score
 from visuals import plot_run_figures
 

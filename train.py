@@ -16,6 +16,12 @@ import time
 import warnings
 from pathlib import Path
 
+from config import Config, config_from_flags, parse_flags, resumed_config, validate, write_run_file
+from errors import UsageError
+
+if __name__ == "__main__":  # --help and a mistyped flag are answered before torch, timm and wandb load (seconds)
+    parse_flags(sys.argv[1:], __doc__)
+
 import numpy as np
 import torch
 
@@ -34,21 +40,10 @@ from checkpoint import (
     to_arrays,
     to_tensors,
 )
-from config import (
-    Config,
-    config_from_flags,
-    parse_flags,
-    precision_note,
-    resolve_device,
-    resolve_precision,
-    resumed_config,
-    validate,
-    write_run_file,
-)
 from distributed import Ranks
 from env import make_vec_env
-from errors import UsageError
 from evaluation import EvalResult, EvalStats, eval_row, make_eval_env, run_episodes, selection_score
+from hardware import precision_note, resolve_device, resolve_precision
 from policy import ActorCritic, Memory, PolicySpec
 from rollout import HostToDevice, PolicyStep, collect_rollout
 from runlog import EpisodeLog, Progress, RunLogger, prepare_logdir, truncate_metrics

@@ -310,7 +310,8 @@ def bench_update_chunks(quick: bool) -> dict:
     """The PPO update with the backbone on chunks of 64, 128 or 256 frames (ActorCritic.cpu_chunk) against the
     whole minibatch at once, for each preset's network and minibatch size (3 epochs of 2 minibatches; the
     precision `--precision auto` picks here), alternated: ratio > 1 means the chunked update is faster."""
-    from config import Config, resolve_precision
+    from config import Config
+    from hardware import resolve_precision
 
     precision = resolve_precision("auto", torch.device("cpu"))
     chunks, minibatches, repeats = ((0, 128), 1, 1) if quick else ((0, 64, 128, 256), 2, 2)
@@ -331,8 +332,9 @@ def bench_update_chunks(quick: bool) -> dict:
 def bench_precision(quick: bool) -> dict:
     """Which precision `--precision auto` should pick on this CPU: the PPO update of each preset's network in fp32
     and in bf16 autocast, alternated after a warm-up (3 epochs of 1 or 2 minibatches, the default chunks); ratio
-    > 1 means bf16 is faster. `auto_picks_the_faster` checks `config.bf16_pays_on_cpu`'s rule against them."""
-    from config import Config, bf16_pays_on_cpu, cpu_vendor, resolve_precision
+    > 1 means bf16 is faster. `auto_picks_the_faster` checks `hardware.bf16_pays_on_cpu`'s rule against them."""
+    from config import Config
+    from hardware import bf16_pays_on_cpu, cpu_vendor, resolve_precision
 
     minibatches, repeats = (1, 2) if quick else (2, 3)
     auto = resolve_precision("auto", torch.device("cpu"))
@@ -364,7 +366,8 @@ def update_chunk_child(case: str, cpu_chunk: int) -> dict:
     """One UPDATE_CHUNK_CASES update in this (fresh) process: seconds and the minor page faults it took."""
     import resource
 
-    from config import Config, resolve_precision
+    from config import Config
+    from hardware import resolve_precision
 
     backbone, shape, actions, minibatch = UPDATE_CHUNK_CASES[case]
     spec = PolicySpec(backbone, shape, 1, actions, head_hidden=0, freeze_backbone=False)
@@ -560,7 +563,7 @@ def precisions_side_by_side(baseline: list[str] | None, family: str, updates: in
 
 def bench_training(quick: bool) -> dict:
     """Each preset in fp32 and in bf16 beside its baseline; `auto` is bf16 where it trains faster."""
-    from config import resolve_precision
+    from hardware import resolve_precision
 
     rounds = 1 if quick else 2
     atari = precisions_side_by_side(["atari"], "atari", 2 if quick else 3, rounds, [])
@@ -590,7 +593,8 @@ def bench_training(quick: bool) -> dict:
 def bench_default_run(quick: bool) -> dict:
     """The default run (`python train.py`: the crafter-cpu recipe) in fp32 and in bf16, alternated; steps/s and
     the minutes a whole 1,024,000-step run takes at that rate (evaluation off)."""
-    from config import Config, resolve_precision
+    from config import Config
+    from hardware import resolve_precision
 
     result = precisions_side_by_side(None, "crafter_default", 2 if quick else 4, 1 if quick else 2, [])
     for name in ("fp32", "bf16"):

@@ -17,7 +17,8 @@ import yaml
 import evaluate
 import train
 from checkpoint import save_checkpoint
-from config import config_from_args, resolve_precision
+from config import config_from_args
+from hardware import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -1,6 +1,8 @@
-"""Run files: presets as YAML, layering, the resolved config.yaml round trip, bad files, TensorBoard, progress."""
+"""Run files: presets as YAML, layering, the resolved config.yaml round trip, bad files, TensorBoard, progress;
+--help."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -10,15 +12,22 @@ import pytest
 import torch
 import yaml
 
+import augment
+import policy
 import train
 from config import (
+    AUGMENTATIONS,
     CONFIG_DIR,
     FIELDS,
+    GROUPS,
     INVOCATION_ONLY,
+    PIXEL_BACKBONES,
     RUN_FILE_HEADER,
     Config,
+    build_parser,
     config_from_args,
     default_run_file,
+    flag,
     preset_names,
     read_run_file,
 )
@@ -159,3 +168,42 @@ def test_run_files_written_before_a_setting_existed_repeat_their_run(tmp_path):
     by_hand = tmp_path / "mine.yaml"
     by_hand.write_text("env: crafter\nnum_envs: 4\n")
     assert read_run_file(by_hand) == {"env": "crafter", "num_envs": 4}
+
+
+def help_text() -> str:
+    return build_parser("").format_help()
+
+
+def test_help_groups_the_flags_with_metavars_choices_and_defaults(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    text = help_text()
+    titles = re.split("|".join(f"\n{group}:\n" for group in GROUPS), text)
+    sections = dict(zip(GROUPS, titles[1:], strict=True))  # every group, in order
+    for name, f in FIELDS.items():
+        assert re.search(rf"^  {flag(name)}(?=[ ,\n])", sections[f.metadata["group"]], re.M), name
+    for line in ("--recurrent {none,gru,lstm}", "--lr-schedule {constant,linear,cosine}",
+                 "--adv-norm {minibatch,batch,none}", f"--augment {{{','.join(AUGMENTATIONS)}}}", "--steps N",
+                 "--lr FLOAT", "--logdir PATH", "--backbone NAME", "--save-interval MINUTES"):  # fmt: skip
+        assert line in text, line
+    assert all(name in text for name in PIXEL_BACKBONES)
+    assert "(default: )" not in text and " X " not in text
+    logdir = re.search(r"\n  --logdir PATH(.*?)\n  --", text, re.S).group(1)
+    assert logdir.count("default") == 1, logdir
+    assert "(default: on)" in text and "(default: none)" in text and "(default: 1024000)" in text
+
+
+def test_the_choices_written_out_here_are_those_of_the_modules_that_use_them():
+    """config.py keeps torch out of parsing: augment.py's and policy.py's names are copied, and must agree."""
+    assert AUGMENTATIONS == augment.AUGMENTATIONS
+    assert set(PIXEL_BACKBONES) == set(policy.default_cfgs)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--recurrent", "rnn"], ["--no-such-flag"]])
+def test_help_and_bad_flags_are_answered_before_torch_loads(args):
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / "train.py"), *args],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert proc.returncode == (0 if args == ["--help"] else 2), proc.stderr[-2000:]
+    assert imported and not {"torch", "timm", "wandb"} & imported

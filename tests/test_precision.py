@@ -8,8 +8,9 @@ import pytest
 import torch
 from toy_env import GridGoalVecEnv
 
-import config
-from config import Config, native_bf16, precision_note, read_run_file, resolve_precision
+import hardware
+from config import Config, read_run_file
+from hardware import native_bf16, precision_note, resolve_precision
 from train import Trainer
 
 CPU = torch.device("cpu")
@@ -40,7 +41,7 @@ def test_native_bf16_agrees_with_the_cpu_flags():
 def test_auto_is_bf16_only_on_cpus_where_it_measured_faster(monkeypatch, amx, avx512_bf16, vendor, auto):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(config, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(hardware, "cpu_vendor", lambda: vendor)
     assert resolve_precision("auto", CPU) == auto
     assert resolve_precision("fp32", CPU) == "fp32"
     assert precision_note("auto", auto, CPU).startswith(f"{auto} (auto: ")
@@ -57,8 +58,8 @@ def test_auto_on_this_cpu_follows_its_flags_and_vendor():
 
 def test_auto_is_fp32_on_gpus(monkeypatch):
     """On a GPU fp32 runs on TF32 tensor cores and bf16 measured slower (H200): auto keeps fp32 there."""
-    monkeypatch.setattr(config, "bf16_pays_on_cpu", lambda: (True, "AMX on this CPU"))
-    monkeypatch.setattr(config, "native_bf16", lambda device: True)
+    monkeypatch.setattr(hardware, "bf16_pays_on_cpu", lambda: (True, "AMX on this CPU"))
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"
 
 
@@ -70,11 +71,11 @@ def test_bf16_on_gpus_needs_compute_capability_8(monkeypatch):
 
 
 def test_explicit_bf16_without_hardware_support_warns_in_one_line(monkeypatch):
-    monkeypatch.setattr(config, "native_bf16", lambda device: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: False)
     with pytest.warns(UserWarning) as caught:
         assert resolve_precision("bf16", CPU) == "bf16"
     assert len(caught) == 1 and "\n" not in str(caught[0].message) and "emulated" in str(caught[0].message)
-    monkeypatch.setattr(config, "native_bf16", lambda device: True)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert resolve_precision("bf16", CPU) == "bf16"
