@@ -103,7 +103,7 @@ class Config:
     overwrite: bool = arg(False, "replace an existing run in --logdir", group="run", resume=True, invocation=True)
     steps: int = arg(
         1_024_000,
-        "total environment steps (agent steps summed over envs)",
+        "total environment steps (agent steps summed over envs); a larger one given with --resume trains a run on",
         group="run",
         check=AT_LEAST_1,
         resume=True,

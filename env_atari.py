@@ -19,8 +19,11 @@ def atari_rom_id(game: str) -> str:
     known = roms.get_all_rom_ids()
     if rom not in known:
         close = [k for k in known if k.replace("_", "").startswith(rom.replace("_", "")[:4])]
-        hint = f"; did you mean: {', '.join(close[:5])}" if close else ""
-        raise UsageError(f"unknown Atari game {game!r}{hint}")
+        hint = f"did you mean: {', '.join(close[:5])}; " if close else ""
+        raise UsageError(
+            f"unknown Atari game {game!r}; {hint}the games are ALE's ROM ids, listed by "
+            'python -c "from ale_py import roms; print(*roms.get_all_rom_ids())"'
+        )
     return rom
 
 

@@ -593,7 +593,8 @@ def train(cfg: Config, resume: dict | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     try:
-        summary = train(*load_run(argv))
+        cfg, resume = load_run(argv)
+        summary = train(cfg, resume)
     except UsageError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
@@ -602,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    if resume and resume["global_step"] >= cfg.steps and summary["finished"] and Ranks().is_main:
+        print(
+            f"{cfg.logdir} had already trained its --steps {cfg.steps:,}; a larger --steps trains it on, e.g. "
+            f"python train.py --resume {cfg.logdir} --steps {2 * cfg.steps}"
+        )
     stopped_by = summary["stopped_by"] or ""
     return 128 + signal.Signals[stopped_by] if stopped_by.startswith("SIG") else 0
 

@@ -1,8 +1,9 @@
 """Run files: presets as YAML, layering, the resolved config.yaml round trip, bad files, TensorBoard, progress;
---help."""
+--help; the messages that say what to do next."""
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ from config import (
     preset_names,
     read_run_file,
 )
+from env import parse_env_id
+from errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PROCGEN = [
@@ -170,6 +173,20 @@ def test_run_files_written_before_a_setting_existed_repeat_their_run(tmp_path):
     assert read_run_file(by_hand) == {"env": "crafter", "num_envs": 4}
 
 
+def test_resuming_a_finished_run_says_a_larger_steps_trains_it_on(tmp_path, capsys):
+    logdir = tmp_path / "run_1"
+    assert train.main([*TINY_PROCGEN, "--logdir", str(logdir)]) == 0
+    capsys.readouterr()
+    assert train.main(["--resume", str(logdir)]) == 0
+    assert (
+        f"a larger --steps trains it on, e.g. python train.py --resume {logdir} --steps 768" in capsys.readouterr().out
+    )
+    assert train.main(["--resume", str(logdir), "--steps", "640"]) == 0
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert summary["finished"] and summary["global_step"] == 640
+    assert "a larger --steps" not in capsys.readouterr().out
+
+
 def help_text() -> str:
     return build_parser("").format_help()
 
@@ -207,3 +224,11 @@ def test_help_and_bad_flags_are_answered_before_torch_loads(args):
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert proc.returncode == (0 if args == ["--help"] else 2), proc.stderr[-2000:]
     assert imported and not {"torch", "timm", "wandb"} & imported
+
+
+def test_an_unknown_atari_game_says_how_to_list_the_games():
+    with pytest.raises(UsageError) as error:
+        parse_env_id("atari/NotAGame")
+    command = re.search(r"python -c .*", str(error.value)).group(0)
+    listed = subprocess.run(shlex.split(command.replace("python", sys.executable, 1)), capture_output=True, text=True)
+    assert {"breakout", "pong", "ms_pacman"} <= set(listed.stdout.split())
