@@ -1,11 +1,10 @@
 """Run configuration: the one dataclass of every setting, its flags, YAML run files and presets, resume rules.
 
 A run is resolved from, lowest first: `Config`'s defaults, `--preset NAME` (configs/NAME.yaml), `--config FILE`,
-then the flags given. `Config`'s defaults are the crafter-cpu recipe; a Crafter run on a GPU with neither --preset
-nor --config starts from crafter-moon instead (`default_preset`). Every run writes the result as `config.yaml` in
-its logdir, so `python train.py --config logs/run_1/config.yaml --logdir logs/run_2` repeats it. This module does
-not import torch (hardware.py answers the questions that need it), so `--help` and a mistyped flag are answered at
-once.
+then the flags given. A run given neither --preset nor --config starts from its game family's published recipe
+(`default_preset`; for Crafter the machine picks it). Every run writes the result as `config.yaml` in its logdir, so
+`python train.py --config logs/run_1/config.yaml --logdir logs/run_2` repeats it. This module does not import torch
+(hardware.py answers the questions that need it), so `--help` and a mistyped flag are answered at once.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import dataclasses
 import difflib
 import os
 import textwrap
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +25,8 @@ from errors import UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRECISIONS = ("auto", "bf16", "fp32")
-RECIPES = {"atari": "atari-cleanrl", "procgen": "procgen-official"}  # the preset to start from, per family
+# the preset a run given neither --preset nor --config starts from, per family (Crafter's: `default_preset`)
+RECIPES = {"atari": "atari-cleanrl", "procgen": "procgen-official"}
 # augment.AUGMENTATIONS and policy.py's own timm models, written out: those modules import torch (tests check them)
 AUGMENTATIONS = ("none", "crop", "random_conv", "grayscale", "flip", "rotate", "cutout", "cutout_color", "color_jitter",
                  "ucb")  # fmt: skip
@@ -92,8 +91,8 @@ class Config:
     )
     preset: str = arg(
         "",
-        "published recipe to start from, configs/<NAME>.yaml (none: crafter-cpu's settings; a Crafter run on a GPU "
-        "without --config: crafter-moon)",
+        "published recipe to start from, configs/<NAME>.yaml (default without --config: the game's own, crafter-moon "
+        "on a GPU or else crafter-cpu; procgen-official; atari-cleanrl)",
         group="run",
         choices=preset_names(),
     )
@@ -524,10 +523,9 @@ def convert(kind: str, value):
 def default_run_file() -> str:
     """configs/default.yaml: every setting of a run with its default and its help (`python config.py` prints it)."""
     lines = [
-        "# The default run (`python train.py` with no flags): every setting of a run, with its default.",
-        "# Copy it, edit it, and train with `python train.py --config my_run.yaml`.",
-        "# These are the crafter-cpu recipe's settings (configs/crafter-cpu.yaml says what it measured). On a GPU,",
-        "# `python train.py` with neither --preset nor --config runs crafter-moon (configs/crafter-moon.yaml) instead.",
+        "# Every setting of a run with its default: the crafter-cpu recipe (configs/crafter-cpu.yaml says what it",
+        "# measured), which `python train.py` runs on a CPU (on a GPU: crafter-moon; other games start from their own",
+        "# recipe). Copy it, edit it, and train with `python train.py --config my_run.yaml`.",
     ]
     group = ""
     for name, value in Config().run_file_dict().items():
@@ -574,24 +572,22 @@ def config_from_flags(given: dict) -> Config:
     if preset and values.get("env") and parse_env_id(cfg.env).family != family_of_preset(preset):
         raise UsageError(f"preset {preset} is for {family_of_preset(preset)}, not {cfg.env}")
     validate(cfg, sources)
-    family = parse_env_id(cfg.env).family
-    if not files and family in RECIPES:
-        warnings.warn(
-            f"the defaults are Crafter's recipe (crafter-cpu); {family}'s published one is --preset {RECIPES[family]}",
-            stacklevel=2,
-        )
     return cfg
 
 
 def default_preset(given: dict) -> str:
-    """The recipe of a run given neither --preset nor --config: on a GPU, a Crafter run is crafter-moon (their wide
-    IMPALA CNN: 17.0% at 1M steps, about 12 minutes on an H200); elsewhere Config's defaults, crafter-cpu (the same
-    settings on the Nature CNN: 10.9%, 30 minutes on 2 CPU cores, where crafter-moon takes about 9 hours)."""
-    if given.get("config") or parse_env_id(given.get("env", Config.env)).family != "crafter":
+    """The recipe of a run given neither --preset nor --config: its game family's published one (RECIPES). For
+    Crafter the machine picks: on a GPU crafter-moon (their wide IMPALA CNN: 17.0% at 1M steps, about 12 minutes on
+    an H200), elsewhere crafter-cpu (the same settings on the Nature CNN: 10.9%, 30 minutes on 2 CPU cores, where
+    crafter-moon takes about 9 hours)."""
+    if given.get("config"):
         return ""
+    family = parse_env_id(given.get("env", Config.env)).family
+    if family != "crafter":
+        return RECIPES[family]
     from hardware import resolve_device
 
-    return "crafter-moon" if resolve_device(given.get("device", Config.device)).type == "cuda" else ""
+    return "crafter-moon" if resolve_device(given.get("device", Config.device)).type == "cuda" else "crafter-cpu"
 
 
 def family_of_preset(name: str) -> str:

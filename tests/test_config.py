@@ -92,6 +92,7 @@ def test_resolved_config_repeats_the_run_exactly(tmp_path):
     first, second = tmp_path / "run_1", tmp_path / "run_2"
     assert train.main([*TINY_PROCGEN, "--seed", "3", "--tensorboard", "--logdir", str(first)]) == 0
     resolved = yaml.safe_load((first / "config.yaml").read_text())
+    assert resolved["preset"] == "procgen-official"  # the recipe a Procgen run without --preset starts from
     assert resolved["seed"] == 3 and not set(resolved) & INVOCATION_ONLY and set(resolved) <= set(FIELDS)
     assert train.main(["--config", str(first / "config.yaml"), "--logdir", str(second)]) == 0
     a, b = final_weights(first), final_weights(second)

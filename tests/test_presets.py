@@ -1,13 +1,23 @@
 """The presets are their sources' recipes: settings and networks point by point (see configs/*.yaml)."""
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from agent import PPO
-from config import CONFIG_DIR, config_from_args, preset_names, read_run_file
+from config import (
+    CONFIG_DIR,
+    RUN_FILE_HEADER,
+    Config,
+    config_from_args,
+    preset_names,
+    read_run_file,
+    resumed_config,
+)
 from policy import MoonImpalaCNN
 from train import build_policy
 
@@ -104,23 +114,55 @@ def test_crafter_cpu_is_crafter_moon_on_the_nature_cnn():
 
 def test_the_default_run_is_crafter_cpu_on_a_cpu_and_crafter_moon_on_a_gpu(monkeypatch):
     """The best Crafter recipe measured that the machine runs in minutes: crafter-moon (17.0% at 1M) where a GPU
-    makes its wide IMPALA CNN affordable, crafter-cpu (10.9%, the same settings on the Nature CNN) on a CPU.
-    --config, --device cpu or another game keep Config's defaults; a flag still wins over the recipe."""
-
-    def recipe(cfg):
-        return {k: getattr(cfg, k) for k in RECIPE_KEYS}
-
+    makes its wide IMPALA CNN affordable, crafter-cpu (10.9%, the same settings on the Nature CNN) on a CPU, named
+    as such in config.yaml. --config keeps Config's defaults; a flag still wins over the recipe."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU, also on a machine with a GPU
     on_cpu = config_from_args([])
-    assert on_cpu.preset == "" and recipe(on_cpu) == recipe(config_from_args(["--preset", "crafter-cpu"]))
+    assert on_cpu == config_from_args(["--preset", "crafter-cpu"]) and on_cpu.run_file_dict()["preset"] == "crafter-cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert config_from_args([]) == config_from_args(["--preset", "crafter-moon"])
     assert config_from_args(["--device", "cuda:0"]).backbone == "impala_cnn_moon"
     assert config_from_args(["--backbone", "nature_cnn"]).backbone == "nature_cnn"
-    assert recipe(config_from_args(["--device", "cpu"])) == recipe(on_cpu)
-    assert config_from_args(["--config", str(CONFIG_DIR / "default.yaml")]).backbone == "nature_cnn"
-    with pytest.warns(UserWarning, match="--preset procgen-official"):  # pointed to its own recipe, as on a CPU
-        assert config_from_args(["--env", "procgen/starpilot"]).backbone == on_cpu.backbone
+    assert config_from_args(["--device", "cpu"]) == config_from_args(["--device", "cpu", "--preset", "crafter-cpu"])
+    from_file = config_from_args(["--config", str(CONFIG_DIR / "default.yaml")])
+    assert (from_file.preset, from_file.backbone) == ("", "nature_cnn")
+
+
+@pytest.mark.parametrize(
+    ("env", "recipe", "settings"),
+    [
+        ("procgen/coinrun", "procgen-official", {"gamma": 0.999, "gae_lambda": 0.95, "backbone": "impala_cnn"}),
+        ("atari/Breakout", "atari-cleanrl", {"gamma": 0.99, "lr_schedule": "linear", "history_length": 4}),
+        ("ALE/Pong-v5", "atari-cleanrl", {"clip_coef": 0.1, "num_steps": 128, "feature_norm": False}),
+    ],
+)
+def test_other_games_start_from_their_published_recipe(env, recipe, settings):
+    """Not from Crafter's: the run names its recipe (start line, config.yaml), and flags still win over it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning pointing to a recipe the run did not take
+        cfg = config_from_args(["--env", env])
+    assert cfg == config_from_args(["--preset", recipe, "--env", env]) and cfg.preset == recipe
+    assert {k: getattr(cfg, k) for k in settings} == settings and cfg.env == env
+    assert config_from_args(["--env", env, "--gamma", "0.9"]).gamma == 0.9
+    assert config_from_args(["--env", env, "--config", str(CONFIG_DIR / "default.yaml")]).gamma == 0.95
+
+
+def test_a_run_keeps_its_resolved_recipe_when_resumed_and_in_old_files(tmp_path):
+    """Checkpoints hold the resolved config, so --resume rebuilds the recipe's network; run files and checkpoints
+    written when a run without --preset recorded `preset: ''` still load."""
+    cfg = config_from_args(["--env", "procgen/coinrun"])
+    resumed = resumed_config({"steps": 2_000_000}, cfg.public_dict(), tmp_path / "last.pth")
+    assert (resumed.backbone, resumed.gamma, resumed.preset, resumed.steps) == (
+        "impala_cnn",
+        0.999,
+        cfg.preset,
+        2_000_000,
+    )
+    old = Config.from_checkpoint(Config().public_dict() | {"preset": ""}, "old.pth")
+    assert old.preset == "" and old.backbone == Config.backbone
+    run_file = tmp_path / "config.yaml"
+    run_file.write_text(RUN_FILE_HEADER + yaml.safe_dump(Config().run_file_dict() | {"preset": ""}))
+    assert config_from_args(["--config", str(run_file)]).preset == ""
 
 
 # what makes a recipe: a preset that leaves one of these to the defaults would change when the default run does
