@@ -554,8 +554,26 @@ def write_run_file(cfg: Config, path: Path, note: str = "") -> None:
 # ------------------------------------------------------------------------------------- resolving
 
 
+WANDB_VARIABLES = {"WANDB_MODE": "wandb_mode", "WANDB_PROJECT": "wandb_project", "WANDB_ENTITY": "wandb_entity"}
+WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's own older names
+
+
+def wandb_environment() -> dict:
+    """The settings wandb's own environment variables give (WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY), as shells and
+    batch scripts set them; WANDB_RUN_GROUP and WANDB_TAGS are read where the wandb run starts (runlog.py)."""
+    values = {key: os.environ[name] for name, key in WANDB_VARIABLES.items() if os.environ.get(name)}
+    if "wandb_mode" in values:
+        mode = WANDB_MODE_ALIASES.get(values["wandb_mode"], values["wandb_mode"])
+        choices = FIELDS["wandb_mode"].metadata["choices"]
+        if mode not in choices:
+            raise UsageError(f"WANDB_MODE={values['wandb_mode']}: must be one of {', '.join(choices)}")
+        values["wandb_mode"] = mode
+    return values
+
+
 def config_from_flags(given: dict) -> Config:
-    """Defaults < --preset's file < --config's file < flags; checked, with errors naming where a value came from."""
+    """Defaults < --preset's file < --config's file < wandb's environment variables < flags; checked, with errors
+    naming where a value came from."""
     sources: dict[str, str] = {}
     preset = given.get("preset") or default_preset(given)
     values: dict = {"preset": preset}  # recorded in config.yaml: the run names the recipe it started from
@@ -566,7 +584,9 @@ def config_from_flags(given: dict) -> Config:
         from_file = read_run_file(path)
         values |= from_file
         sources |= dict.fromkeys(from_file, str(path))
-    values |= given
+    from_environment = wandb_environment()
+    values |= from_environment | given
+    sources |= {k: f"${name}" for name, k in WANDB_VARIABLES.items() if k in from_environment}
     sources |= {k: flag(k) for k in given}
     cfg = Config(**values)
     if preset and values.get("env") and parse_env_id(cfg.env).family != family_of_preset(preset):
@@ -614,7 +634,7 @@ def resumed_config(given: dict, saved: dict, checkpoint: Path) -> Config:
         )
     run_controls = {"stop_after": 0, "overwrite": False}  # what one invocation does, not part of the run
     cfg = Config.from_checkpoint(saved, str(checkpoint))
-    cfg = dataclasses.replace(cfg, **(run_controls | given))
+    cfg = dataclasses.replace(cfg, **(run_controls | wandb_environment() | given))
     cfg.resume, cfg.logdir = str(checkpoint), str(checkpoint.parent)
     return cfg
 

@@ -31,6 +31,7 @@ from config import (
     flag,
     preset_names,
     read_run_file,
+    resumed_config,
 )
 from env import parse_env_id
 from errors import UsageError
@@ -233,3 +234,23 @@ def test_an_unknown_atari_game_says_how_to_list_the_games():
     command = re.search(r"python -c .*", str(error.value)).group(0)
     listed = subprocess.run(shlex.split(command.replace("python", sys.executable, 1)), capture_output=True, text=True)
     assert {"breakout", "pong", "ms_pacman"} <= set(listed.stdout.split())
+
+
+def test_wandbs_own_environment_variables_are_honoured_and_a_flag_wins(monkeypatch, tmp_path):
+    """WANDB_MODE=disabled used to start an offline wandb run anyway; WANDB_PROJECT / WANDB_ENTITY were ignored."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_PROJECT", "from-shell")
+    monkeypatch.setenv("WANDB_ENTITY", "team")
+    cfg = config_from_args([])
+    assert (cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity) == ("disabled", "from-shell", "team")
+    flags = config_from_args(["--wandb-mode", "offline", "--wandb-project", "from-flag"])
+    assert (flags.wandb_mode, flags.wandb_project, flags.wandb_entity) == ("offline", "from-flag", "team")
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # wandb's older name for offline
+    assert config_from_args([]).wandb_mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(UsageError, match=r"WANDB_MODE=sometimes: must be one of auto, online, offline, disabled"):
+        config_from_args([])
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    saved = config_from_args(["--wandb-mode", "offline"]).public_dict()
+    resumed = resumed_config({}, saved, tmp_path / "last.pth")  # a resumed run reads them too
+    assert resumed.wandb_mode == "disabled" and resumed.wandb_project == "from-shell"
