@@ -36,8 +36,13 @@ class RunState:
     bad_updates: int = 0  # consecutive updates whose every minibatch was non-finite
     best_score: float = -math.inf  # the family's published metric (selection score) of the best evaluation
     last_score: float | None = None  # of the last evaluation
-    timing: dict[str, float] = field(default_factory=lambda: {"env": 0.0, "inference": 0.0, "update": 0.0})
+    last_eval_step: int = -1  # global_step of the last finished evaluation (the final one is due until it matches)
+    timing: dict[str, float] = field(  # seconds of each phase: training is the first three
+        default_factory=lambda: {"env": 0.0, "inference": 0.0, "update": 0.0, "evaluation": 0.0}
+    )
     elapsed_before: float = 0.0  # seconds the run spent in earlier processes (resumed runs)
+    # each process's stretch of the run: {from_step, to_step, seconds, device, precision}, the last one this process's
+    stretches: list[dict] = field(default_factory=list)
 
     def to_payload(self, elapsed: float) -> dict:
         """The checkpoint's entries (their names and places are the checkpoint format's); `elapsed`: seconds so
@@ -51,8 +56,10 @@ class RunState:
                 "next_eval": self.next_eval,
                 "bad_updates": self.bad_updates,
                 "evaluations": self.evaluations,
+                "last_eval_step": self.last_eval_step,
                 "timing": self.timing,
                 "elapsed": elapsed,
+                "stretches": self.stretches,
             },
         }
 
@@ -64,11 +71,13 @@ class RunState:
             update=resume["update"],
             next_eval=resume["next_eval"],
             evaluations=resume["evaluations"],
+            last_eval_step=resume.get("last_eval_step", payload["global_step"]),  # older files: none was due
             bad_updates=resume["bad_updates"],
             best_score=payload["best_eval_score"],
             last_score=payload["eval_score"],
-            timing=dict(resume["timing"]),
+            timing={"evaluation": 0.0} | dict(resume["timing"]),  # older files did not time evaluations
             elapsed_before=resume["elapsed"],
+            stretches=list(resume.get("stretches", [])),  # older files: not recorded
         )
 
 

@@ -119,6 +119,24 @@ class Ranks:
         dist.all_gather_object(out, obj)
         return out
 
+    def gather_to_main(self, obj) -> list | None:
+        """Every rank's `obj` (picklable), in rank order, on rank 0 only (None elsewhere): checkpoints are large."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def check_same(self, values: dict, what: str, hint: str) -> None:
+        """Stop every rank with one error naming the keys where any rank's `values` differ from rank 0's."""
+        if not self.active:
+            return
+        main, *others = self.gather(values)
+        differ = sorted({k for other in others for k in main.keys() | other.keys() if other.get(k) != main.get(k)})
+        if differ:
+            ranks = ", ".join(str(r) for r, other in enumerate(others, start=1) if other != main)
+            raise UsageError(f"rank(s) {ranks} resolved other {what} than rank 0 ({', '.join(differ)}); {hint}")
+
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""
         if not self.active:

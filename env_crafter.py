@@ -3,6 +3,7 @@ the game made reproducible and fast (crafter_fast.py), and its saved worlds rest
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import importlib
@@ -128,7 +129,10 @@ def _crafter_step(envs: list, actions: np.ndarray) -> tuple:
 def _crafter_worker(conn, seeds: list[int], env_fn) -> None:
     """Runs several Crafter envs in one process, answering commands over `conn` with ("ok", reply).
     An exception inside the game is sent back as ("error", message) and ends the worker."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle: it saves, then closes us
+    # Ctrl-C and a SIGTERM to the whole process group (timeout, SLURM, kill -TERM -PGID) are the trainer's to
+    # handle: it saves these games, then closes us (and we end when its end of the pipe closes, however it dies)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _import_crafter()  # before any unpickling, so restored worlds get the same patched classes
     envs = []
     try:
@@ -205,6 +209,7 @@ class CrafterVecEnv(VecEnv):
         self.crashes = 0
         for w in range(workers):
             self._start_worker(w)
+        atexit.register(self.close)  # before multiprocessing's own exit hook, which would wait on them forever
         self.frames = FrameStack(num_envs, (3, 64, 64), history_length)
         self.tracker = EpisodeTracker(num_envs)
 
@@ -299,6 +304,7 @@ class CrafterVecEnv(VecEnv):
         return self.frames.stack.copy()
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         for conn in self.conns:
             with contextlib.suppress(OSError):
                 conn.send(("close", None))

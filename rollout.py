@@ -92,18 +92,20 @@ def collect_rollout(
     should_stop: Callable[[], bool] = lambda: False,
     on_step: Callable[[int], None] = lambda t: None,
     step: PolicyStep | None = None,
-) -> tuple[np.ndarray, Memory, list, bool]:
-    """Fill `buffer` with num_steps steps of every env, starting from `obs` and `memory`; the policy acts through
-    `step` (default: eager `policy.act`); `on_step(t)` after each step. -> (next obs, next memory, finished
-    episodes, whether the rollout is complete; not when `should_stop()` cut it)."""
+    start: int = 0,
+) -> tuple[np.ndarray, Memory, list, int]:
+    """Fill steps `start`.. of `buffer` (num_steps steps of every env in all), going on from `obs` and `memory`;
+    the policy acts through `step` (default: eager `policy.act`); `on_step(t)` after each step. -> (next obs,
+    next memory, finished episodes, the rollout's steps now stored: num_steps, or fewer when `should_stop()` cut
+    it, and a later call with that `start` goes on where it stopped)."""
     policy.eval()
     step = step or policy.act
     episodes = []
-    if memory.state is not None:
+    if start == 0 and memory.state is not None:
         buffer.initial_state.copy_(memory.state)
-    for t in range(buffer.num_steps):
+    for t in range(start, buffer.num_steps):
         if should_stop():
-            return obs, memory, episodes, False
+            return obs, memory, episodes, t
         tic = time.perf_counter()
         obs_t = to_device(obs)  # (N, K*C, H, W) uint8: frames become floats on the device
         with torch.inference_mode():
@@ -131,4 +133,4 @@ def collect_rollout(
         timing["inference"] += tac - tic + time.perf_counter() - toc
         timing["env"] += toc - tac
         on_step(t)
-    return obs, memory, episodes, True
+    return obs, memory, episodes, buffer.num_steps

@@ -191,7 +191,8 @@ def init_wandb(cfg: Config, logdir: Path, run_id: str | None, info: dict):
         name=logdir.name,
         dir=str(logdir),
         config=cfg.public_dict() | {"hardware": hardware_info(), "git": git_info()} | info,
-        group=cfg.env,
+        group=os.environ.get("WANDB_RUN_GROUP") or cfg.env,
+        tags=[tag.strip() for tag in os.environ.get("WANDB_TAGS", "").split(",") if tag.strip()] or None,
         id=run_id,
         resume="allow" if run_id else None,
     )
@@ -227,6 +228,11 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    """ "NVIDIA H200", "AMD EPYC": what a timing ran on."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def hardware_info() -> dict:

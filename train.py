@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 from config import Config, config_from_flags, parse_flags, resumed_config, validate, write_run_file
@@ -46,8 +47,8 @@ from evaluation import EvalResult, EvalStats, eval_row, make_eval_env, run_episo
 from hardware import precision_note, resolve_device, resolve_precision
 from policy import ActorCritic, Memory, PolicySpec
 from rollout import HostToDevice, PolicyStep, collect_rollout
-from runlog import EpisodeLog, Progress, RunLogger, prepare_logdir, truncate_metrics
-from vecenv import EnvCrashError, VecEnv, cpus_per_process
+from runlog import EpisodeLog, Progress, RunLogger, device_name, format_duration, prepare_logdir, truncate_metrics
+from vecenv import EnvCrashError, EpisodeStats, VecEnv, cpus_per_process
 from visuals import plot_learning_curve, write_video
 
 
@@ -160,6 +161,12 @@ class Trainer:
         self.ranks = Ranks()
         self.device = self.ranks.device(resolve_device(cfg.device))
         self.ranks.start(self.device, cfg.dist_timeout)
+        self.ranks.check_same(
+            cfg.public_dict(),
+            "settings",
+            "each machine resolves the default recipe from its own hardware (a GPU or none): give every rank the same "
+            "--preset or --config",
+        )
         main = self.ranks.is_main
         self.logdir = Path(self.ranks.broadcast(str(prepare_logdir(cfg)) if main else None))
         seed_everything(cfg.seed)
@@ -212,7 +219,8 @@ class Trainer:
         self.global_batch = cfg.num_steps * num_envs * self.ranks.world  # steps of one update, all ranks together
         self.num_updates = max(1, math.ceil(cfg.steps / self.global_batch))
         self.state = RunState(next_eval=cfg.eval_interval)
-        self.pending_update = False  # a rollout is collected and its update was cut short by a stop signal
+        self.rollout_step = 0  # steps of the rollout in the buffer: 0 < it < num_steps when a stop cut it short
+        self.rollout_episodes: list[EpisodeStats] = []  # this rank's episodes finished during that rollout
         self.memory = self.policy.fresh_memory(num_envs)
         self.obs = self.restore(resume) if resume else self.envs.reset()
         info = {"pretrained_loaded": self.pretrained_loaded, "precision_used": self.precision}
@@ -221,6 +229,12 @@ class Trainer:
         self.stop = StopSignal()
         self.start = time.time()
         self.steps_at_start = self.state.global_step
+        step = self.state.global_step
+        self.state.stretches.append(
+            {"from_step": step, "to_step": step, "seconds": 0.0, "device": device_name(self.device),
+             "precision": self.precision}
+        )  # fmt: skip
+        self.evaluation_seconds_at_start = self.state.timing["evaluation"]
         total = self.num_updates * self.global_batch
         self.progress = Progress(total, self.state.global_step, cfg.progress_interval, quiet=not main)
 
@@ -240,23 +254,24 @@ class Trainer:
         stop_reason = None
         try:
             with self.stop:
-                while self.state.update < self.num_updates:
-                    if not (self.learn([]) if self.pending_update else self.train_one_update()):
-                        stop_reason = self.signal_name()
+                while True:
+                    if self.evaluation_due() and not self.evaluate():
+                        stop_reason = self.signal_name()  # the evaluation is redone by --resume
                         break
-                    self.maybe_evaluate()
-                    if self.stopping():  # a signal during the evaluation
-                        stop_reason = self.signal_name()
+                    state = self.state
+                    if state.update >= self.num_updates:
                         break
                     if self.ranks.any(time.time() - last_save > cfg.save_interval * 60):
                         self.save("last.pth")
                         last_save = time.time()
-                    first_or_last = self.state.update - 1 == self.steps_at_start // self.global_batch
-                    self.show_progress("collecting", force=first_or_last or self.state.update == self.num_updates)
-                    state = self.state
-                    if cfg.stop_after and state.global_step >= cfg.stop_after and state.update < self.num_updates:
+                    if cfg.stop_after and state.global_step >= cfg.stop_after:
                         stop_reason = f"--stop-after {cfg.stop_after:,}"
                         break
+                    if not self.train_one_update():
+                        stop_reason = self.signal_name()
+                        break
+                    first_or_last = self.state.update - 1 == self.steps_at_start // self.global_batch
+                    self.show_progress("collecting", force=first_or_last or self.state.update == self.num_updates)
             self.save("last.pth")
         except (EnvCrashError, TrainingError) as e:
             if self.ranks.active:  # the other ranks may be gone: no collective checkpoint, the last save stays
@@ -275,10 +290,21 @@ class Trainer:
         return self.write_summary(stop_reason)
 
     def train_one_update(self) -> bool:
-        """Collect one rollout and learn from it; False when a stop signal cut the rollout (it is dropped) or the
-        update (see `learn`)."""
+        """Collect one rollout (or the rest of one a stop cut short) and learn from it; False when a stop signal
+        cut the rollout (the steps so far stay in the buffer and the checkpoint, and `--resume` goes on from them)
+        or the update (see `learn`)."""
         cfg = self.cfg
-        self.obs, self.memory, finished, complete = collect_rollout(
+        if self.rollout_step < cfg.num_steps:
+            self.collect()
+            if self.rollout_step < cfg.num_steps:
+                return False
+        finished = [episode for rank in self.ranks.gather(self.rollout_episodes) for episode in rank]  # all ranks'
+        return self.learn(finished)
+
+    def collect(self) -> None:
+        """Go on filling the buffer from step `rollout_step` until it is full or a stop signal comes."""
+        cfg = self.cfg
+        self.obs, self.memory, finished, self.rollout_step = collect_rollout(
             self.envs,
             self.policy,
             self.buffer,
@@ -292,15 +318,15 @@ class Trainer:
                 "collecting", self.state.global_step + (t + 1) * self.global_batch // cfg.num_steps
             ),
             step=self.policy_step,
+            start=self.rollout_step,
         )
-        finished = [episode for rank in self.ranks.gather(finished) for episode in rank]  # every rank's episodes
-        self.episodes.add(finished)
-        return complete and self.learn(finished)
+        self.rollout_episodes += finished
 
     def learn(self, finished: list) -> bool:
-        """GAE and the PPO update on the collected rollout, then log. A stop signal between two minibatches puts
-        the weights, optimizer and minibatch RNG back as they were before this update and keeps the rollout for
-        the checkpoint, so that `--resume` repeats the update exactly; -> False then."""
+        """GAE and the PPO update on the collected rollout, then log its `finished` episodes (every rank's). A stop
+        signal between two minibatches puts the weights, optimizer and minibatch RNG back as they were before this
+        update and keeps the rollout for the checkpoint, so that `--resume` repeats the update exactly; -> False
+        then."""
         cfg = self.cfg
         lr = scheduled_lr(cfg, self.state.update / self.num_updates)
         self.ppo.set_lr(lr)
@@ -312,19 +338,20 @@ class Trainer:
         self.buffer.compute_advantages(last_values, cfg.gamma, cfg.gae_lambda)
         stats = self.ppo.update(self.buffer, should_stop=self.stopping)
         self.state.timing["update"] += time.perf_counter() - tic
-        self.pending_update = stats is None
-        if self.pending_update:
+        if stats is None:
             self.ppo.load_state(before)
             return False
         self.state.global_step += self.global_batch
         self.state.update += 1
+        self.rollout_step, self.rollout_episodes = 0, []
+        self.episodes.add(finished)
         self.check_finite(stats)
         self.ranks.check_in_sync(self.policy)
 
         metrics = (
             {f"losses/{k}": v for k, v in stats.items()}
             | {"charts/learning_rate": lr, "charts/episodes": self.episodes.count}
-            | {"perf/sps": self.state.global_step / max(self.elapsed(), 1e-9)}
+            | {"perf/sps": self.state.global_step / max(self.training_seconds(), 1e-9)}
             | {f"perf/{k}_seconds": v for k, v in self.state.timing.items()}
             | self.episodes.crafter_metrics()
         )
@@ -353,26 +380,35 @@ class Trainer:
                 "weights"
             )
 
-    def maybe_evaluate(self) -> None:
-        """Evaluate every --eval-interval steps and at the end (rank 0 plays, every rank learns the outcome);
-        keep best_model.pth when the family's published metric improves (Crafter score; mean return elsewhere)."""
+    def evaluation_due(self) -> bool:
+        """Every --eval-interval steps, and once at the end."""
+        state = self.state
+        final = state.update >= self.num_updates and state.last_eval_step != state.global_step
+        return state.global_step >= state.next_eval or final
+
+    def evaluate(self) -> bool:
+        """Evaluate (rank 0 plays, every rank learns the outcome); keep best_model.pth when the family's published
+        metric improves (Crafter score; mean return elsewhere). -> False when a stop signal cut it short: nothing
+        of it is kept, and it stays due, so a resumed run redoes it at the same step."""
         cfg = self.cfg
-        if self.state.global_step < self.state.next_eval and self.state.update < self.num_updates:
-            return
         self.show_progress("evaluating", force=True)
         record = cfg.eval_video and self.state.evaluations % cfg.video_every == 0
         result = None
+        tic = time.time()
         if self.ranks.is_main:
             result = self.play_evaluation(record)
             self.ranks.beat(done=True, stop=False)
         else:  # beat with rank 0 at each of its evaluation steps until it is done, however long that takes
             while not self.ranks.beat(done=False, stop=self.stop())[0]:
                 pass
+        seconds = time.time() - tic
+        self.state.timing["evaluation"] += seconds
         row = None if result is None else eval_row(result, cfg, self.state.global_step, self.eval_set_name())
         score = self.ranks.broadcast(None if row is None else selection_score(row))
         if score is None:
-            return  # stopping: this evaluation is dropped (a resumed run redoes it); the run saves and exits
+            return False
         self.state.evaluations += 1
+        self.state.last_eval_step = self.state.global_step
         while self.state.next_eval <= self.state.global_step:
             self.state.next_eval += cfg.eval_interval
         self.state.last_score = score
@@ -381,8 +417,9 @@ class Trainer:
             self.state.best_score = score
             self.save("best_model.pth")
         if self.ranks.is_main:
-            self.report_evaluation(row, result, improved, record)
+            self.report_evaluation(row, result, improved, record, seconds)
         self.save("last.pth")
+        return True
 
     def eval_set_name(self) -> str:
         return "validation" if self.cfg.family == "procgen" else "eval"
@@ -396,11 +433,12 @@ class Trainer:
             self.device,
             seed=self.cfg.seed,
             video_frames=self.cfg.video_frames if record else 0,
+            on_step=lambda finished, _: self.show_progress(f"evaluating: {finished}/{self.cfg.eval_episodes} episodes"),
             should_stop=lambda: self.ranks.beat(done=False, stop=self.stop())[1],  # a signal to any rank stops it
         )
         return result if result.complete else None
 
-    def report_evaluation(self, row: dict, result: EvalResult, improved: bool, record: bool) -> None:
+    def report_evaluation(self, row: dict, result: EvalResult, improved: bool, record: bool, seconds: float) -> None:
         """eval_stats, metrics, video, figures (learning curve; Crafter: success rates) and one line about an
         evaluation."""
         self.history.add(row)
@@ -421,13 +459,16 @@ class Trainer:
         self.logger.log_figures(self.state.global_step, self.cfg.env)
         self.progress.write(
             f"eval @ {self.state.global_step:,}: return {row['mean_return']:.2f} +- {row['std_return']:.2f} over "
-            f"{len(result.returns)} episodes, score {self.state.last_score:.2f}"
+            f"{len(result.returns)} episodes in {format_duration(seconds)}, score {self.state.last_score:.2f}"
             f"{' (new best, saved best_model.pth)' if improved else ''}"
         )
 
     def show_progress(self, phase: str, step: int | None = None, force: bool = False) -> None:
+        """One progress line (or the bar's postfix): steps, training steps/s of this process (evaluation time not
+        counted), the phase, recent returns, the best evaluation."""
         step = self.state.global_step if step is None else step
-        sps = (step - self.steps_at_start) / max(time.time() - self.start, 1e-9)
+        evaluating = self.state.timing["evaluation"] - self.evaluation_seconds_at_start
+        sps = (step - self.steps_at_start) / max(time.time() - self.start - evaluating, 1e-9)
         recent = self.episodes.recent_returns
         ret = f"{np.mean(recent):.2f} ({len(recent)} eps)" if recent else "n/a"
         best = f"{self.state.best_score:.2f}" if self.state.last_score is not None else "n/a"
@@ -441,6 +482,10 @@ class Trainer:
     def elapsed(self) -> float:
         return self.state.elapsed_before + time.time() - self.start
 
+    def training_seconds(self) -> float:
+        """Seconds spent training (collecting and updating) over the whole run, evaluations left out."""
+        return self.elapsed() - self.state.timing["evaluation"]
+
     def stopping(self) -> bool:
         """A stop signal reached this rank or any other: all ranks stop at the same step."""
         return self.ranks.any(self.stop())
@@ -450,6 +495,7 @@ class Trainer:
         return next(name for name in self.ranks.gather(self.stop.received) if name)
 
     def write_summary(self, stop_reason: str | None) -> dict:
+        self.end_stretch_here()
         best = self.state.best_score
         summary = {
             "global_step": self.state.global_step,
@@ -457,22 +503,24 @@ class Trainer:
             "stopped_by": stop_reason,
             "best_eval_score": best if math.isfinite(best) else None,  # None: no evaluation yet
             "last_eval_score": self.state.last_score,
-            "sps": self.state.global_step / max(self.elapsed(), 1e-9),
-            "seconds": self.elapsed(),
+            "sps": self.state.global_step / max(self.training_seconds(), 1e-9),  # training: evaluations not counted
+            "seconds": self.elapsed(),  # all of it, evaluations included
             "time_split_seconds": self.state.timing,
             "train_episodes": self.episodes.count,
             "return_last_100": float(np.mean(self.episodes.recent_returns)) if self.episodes.recent_returns else None,
             "pretrained_loaded": self.pretrained_loaded,
             "precision_used": self.precision,
+            "stretches": self.state.stretches,  # where and in what precision each process trained
         }
         summary |= self.episodes.crafter_summary() | self.history.crafter_summary()  # Crafter: training vs evaluation
         if not self.ranks.is_main:
             return summary
         atomic_write(self.logdir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
         if stop_reason is None:
+            evaluating = format_duration(self.state.timing["evaluation"])
             self.say(
-                f"done: {self.state.global_step:,} steps at {summary['sps']:.0f} sps; best eval score "
-                f"{self.state.best_score:.2f}; checkpoints in {self.logdir}"
+                f"done: {self.state.global_step:,} steps at {summary['sps']:.0f} training steps/s (evaluations took "
+                f"{evaluating} more); best eval score {self.state.best_score:.2f}; checkpoints in {self.logdir}"
             )
         return summary
 
@@ -487,19 +535,30 @@ class Trainer:
     # ---------------------------------------------------------------------------- checkpoints
 
     def local_state(self, with_env_state: bool) -> dict:
-        """What this rank alone has: its games, observations, recurrent memory, reward sums and RNG streams."""
+        """What this rank alone has: its games, observations, recurrent memory, reward sums, RNG streams, and the
+        rollout in the buffer when a stop came before its update: the part collected so far (only where the games'
+        state is saved, since the rest of the rollout continues those games) or the whole of it."""
         env_state = self.envs.get_state() if with_env_state else None
         state = None if self.memory.state is None else self.memory.state.cpu()
+        keep = self.rollout_step == self.cfg.num_steps or (self.rollout_step > 0 and env_state is not None)
         return {
             "rng": rng_state(self.ppo.generator, self.device),
             "reward_scaler": self.scaler.state_dict(),
             "obs": torch.from_numpy(self.obs.copy()),
             "memory": {"state": state, "starts": self.memory.starts.cpu()},
             "env_state": to_tensors(env_state),
-            "pending_rollout": self.buffer.state_dict() if self.pending_update else None,  # stopped mid-update
+            "pending_rollout": self.buffer.state_dict() if keep else None,
+            "rollout_steps": self.rollout_step if keep else 0,
+            "rollout_episodes": [asdict(e) for e in self.rollout_episodes] if keep else [],
         }
 
+    def end_stretch_here(self) -> None:
+        """This process's stretch of the run reaches the current step."""
+        stretch = self.state.stretches[-1]
+        stretch["to_step"], stretch["seconds"] = self.state.global_step, time.time() - self.start
+
     def checkpoint_payload(self, ranks: list[dict]) -> dict:
+        self.end_stretch_here()
         run_state = self.state.to_payload(self.elapsed())
         return run_state | {
             "config": self.cfg.public_dict(),
@@ -520,7 +579,7 @@ class Trainer:
     def save(self, name: str, with_env_state: bool = True) -> bool:
         """Write a checkpoint atomically (rank 0, with every rank's own state); a failed write (disk full...)
         keeps the previous file and is reported, never fatal."""
-        ranks = self.ranks.gather(self.local_state(with_env_state))
+        ranks = self.ranks.gather_to_main(self.local_state(with_env_state))
         if not self.ranks.is_main:
             return True
         path = self.logdir / name
@@ -553,9 +612,10 @@ class Trainer:
         self.episodes.load_state_dict(resume["episodes"])
         if self.ppo.ucb is not None:
             self.ppo.ucb.load_state_dict(resume["ucb"])
-        self.pending_update = mine.get("pending_rollout") is not None
-        if self.pending_update:
+        if mine.get("pending_rollout") is not None:  # older files kept only whole rollouts, without their episodes
             self.buffer.load_state_dict(mine["pending_rollout"])
+            self.rollout_step = mine.get("rollout_steps", self.cfg.num_steps)
+            self.rollout_episodes = [EpisodeStats(**e) for e in mine.get("rollout_episodes", [])]
         memory = mine["memory"]["state"]
         self.memory = Memory(
             None if memory is None else memory.to(self.device), mine["memory"]["starts"].to(self.device)

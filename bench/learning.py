@@ -236,7 +236,8 @@ def read_pixelppo(logdir: Path, metric: str) -> dict:
     return {
         "steps": summary["global_step"],
         "sps": summary["sps"],
-        "precision": summary["precision_used"],
+        "precision": summary["precision_used"],  # the last process's; each stretch's in "stretches"
+        "stretches": summary.get("stretches", []),  # {from_step, to_step, seconds, device, precision} per process
         "curve": curve,
         "final": final_value(curve),
         "eval_curve": evaluations,

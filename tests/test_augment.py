@@ -228,7 +228,7 @@ def test_the_ppo_loss_sees_clean_frames_and_starts_at_ratio_one(recurrent, tmp_p
     torch.testing.assert_close(new_logprob, old_logprob, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(new_value, old_value, atol=1e-5, rtol=1e-5)
     assert seen[1] == "augment" and seen.count("augment") == 2  # the regularizers, once per minibatch
-    trainer.maybe_evaluate()
+    assert trainer.evaluate()
     assert seen.count("augment") == 2  # evaluation plays on clean frames
     trainer.close()
 

@@ -3,6 +3,7 @@
 import json
 import math
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,8 @@ TINY = [
     "2",
     "--wandb-mode",
     "offline",
+    "--progress-interval",
+    "0.1",
 ]
 FAMILIES = {
     "crafter": ["--env", "crafter", "--num-envs", "4", "--steps", "2048", "--eval-interval", "1024",
@@ -124,6 +127,22 @@ def test_training_writes_every_output(trained_run):
     assert json.loads((logdir / "summary.json").read_text())["precision_used"] == used
     assert torch.load(logdir / "last.pth", weights_only=True)["precision_used"] == used
     assert b'precision_used\x82\x01\x06"' + used.encode() in records  # wandb's config record
+
+
+def test_training_speed_leaves_evaluations_out_and_evaluations_show_their_own(trained_run):
+    """A quick try spent most of its time evaluating and reported it as training ("done: 512 steps at 3 sps"): the
+    steps/s are now the training's, and each evaluation shows its progress and how long it took."""
+    family, logdir, proc = trained_run
+    summary = json.loads((logdir / "summary.json").read_text())
+    evaluating = summary["time_split_seconds"]["evaluation"]
+    assert evaluating > 0
+    assert summary["sps"] == pytest.approx(summary["global_step"] / (summary["seconds"] - evaluating), rel=0.01)
+    assert "evaluations took" in proc.stdout and "training steps/s" in proc.stdout
+    assert re.search(r"\| evaluating: \d/\d episodes \|", proc.stdout)  # its progress, episode by episode
+    assert "episodes in 0:" in proc.stdout  # each evaluation's line gives its time
+    (stretch,) = summary["stretches"]
+    assert (stretch["from_step"], stretch["to_step"]) == (0, summary["global_step"])
+    assert stretch["precision"] == summary["precision_used"] and stretch["device"]
 
 
 def test_evaluate_rebuilds_from_the_checkpoint_alone(trained_run, tmp_path):
@@ -323,3 +342,20 @@ def test_bf16_and_compile_train_and_save_plain_checkpoints(tmp_path):
     assert logits_bf16.dtype == torch.float32
     torch.testing.assert_close(logits_bf16, logits, atol=0.05, rtol=0.05)
     torch.testing.assert_close(value_bf16, value, atol=0.05, rtol=0.05)
+
+
+def test_wandb_environment_variables_reach_the_wandb_run(tmp_path, monkeypatch):
+    """WANDB_MODE=disabled starts no wandb run; WANDB_RUN_GROUP and WANDB_TAGS name the run's group and tags."""
+    tiny = [*TINY, "--env", "procgen/bigfish", "--num-envs", "2", "--steps", "64", "--eval-interval", "64",
+            "--no-eval-video", "--eval-episodes", "1"]  # fmt: skip
+    no_wandb_flag = [a for a in tiny if a not in ("--wandb-mode", "offline")]
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    off = run("train.py", *no_wandb_flag, "--logdir", str(tmp_path / "run_1"))
+    assert off.returncode == 0, off.stderr[-2000:]
+    assert not (tmp_path / "run_1" / "wandb").exists()
+    monkeypatch.setenv("WANDB_RUN_GROUP", "sweep-7")
+    monkeypatch.setenv("WANDB_TAGS", "width-half,screen")
+    on = run("train.py", *tiny, "--logdir", str(tmp_path / "run_2"))  # the flag wins over WANDB_MODE
+    assert on.returncode == 0, on.stderr[-2000:]
+    records = next((tmp_path / "run_2" / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+    assert b"sweep-7" in records and b"width-half" in records and b"screen" in records

@@ -20,6 +20,7 @@ from agent import PPO
 from buffer import RolloutBuffer
 from config import Config
 from distributed import Ranks
+from errors import UsageError
 from policy import ActorCritic, PolicySpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +152,7 @@ def trainer_worker(rank: int, world: int, port: int, out: str) -> None:
     order = torch.randperm(16, generator=trainer.ppo.generator)
     assert trainer.train_one_update()
     start = time.time()
-    trainer.maybe_evaluate()
+    trainer.evaluate()
     took = time.time() - start
     torch.save({"order": order, "best": trainer.state.best_score, "took": took}, Path(out) / f"rank{rank}.pt")
     trainer.close()
@@ -172,6 +173,47 @@ def test_process_group_serves_cpu_collectives_on_gpus_too():
     CPU backend beside NCCL (an NCCL-only group failed at the first env step)."""
     assert distributed.backend(torch.device("cuda", 0)) == "cpu:gloo,cuda:nccl"
     assert distributed.backend(torch.device("cpu")) == "gloo"
+
+
+def mismatched_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Ranks whose settings resolved differently (as a node with a GPU and one without resolve the default recipe):
+    every rank must stop at once with one error naming the keys, not hang or crash in the first broadcast."""
+    ranks = join(rank, world, port, timeout_minutes=1)
+    cfg = Config(
+        backbone="impala_cnn", head_hidden=0, num_envs=2, num_steps=8, num_minibatches=1, steps=16, eval_video=False,
+        wandb_mode="disabled", logdir=str(Path(out) / "run_1"), gamma=0.95 if rank == 0 else 0.99,
+        trunk_hidden=1024 if rank == 0 else 0,
+    )  # fmt: skip
+    import train
+
+    try:
+        train.Trainer(cfg, envs=GridGoalVecEnv(2, seed=rank), eval_envs=GridGoalVecEnv(2, seed=9))
+        message = "no error"
+    except UsageError as e:
+        message = str(e)
+    Path(out, f"rank{rank}.txt").write_text(message)
+    ranks.close()
+
+
+def test_ranks_with_other_settings_stop_together_naming_the_keys(tmp_path):
+    mp.start_processes(mismatched_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "rank(s) 1 resolved other settings than rank 0 (gamma, trunk_hidden)" in message, message
+    assert not (tmp_path / "run_1").exists()  # stopped before anything was written
+
+
+def test_checkpoints_gather_the_ranks_state_on_rank_0_only(tmp_path):
+    """A procgen-official rollout kept for resume is ~200 MB a rank: only rank 0, which writes, receives them."""
+    mp.start_processes(gather_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    assert (tmp_path / "rank0.txt").read_text() == "[{'rank': 0}, {'rank': 1}]"
+    assert (tmp_path / "rank1.txt").read_text() == "None"
+
+
+def gather_worker(rank: int, world: int, port: int, out: str) -> None:
+    ranks = join(rank, world, port, timeout_minutes=1)
+    Path(out, f"rank{rank}.txt").write_text(repr(ranks.gather_to_main({"rank": rank})))
+    ranks.close()
 
 
 TINY = ["--env", "procgen/bigfish", "--backbone", "nature_cnn", "--no-pretrained", "--no-freeze-backbone",
