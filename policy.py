@@ -272,7 +272,7 @@ def impala_cnn_moon_half(pretrained: bool = False, **kwargs) -> MoonImpalaCNN:
 
 def check_backbone(name: str) -> None:
     if not timm.is_model(name):
-        raise UsageError(f"unknown backbone {name!r}; see timm.list_models() or use nature_cnn / impala_cnn")
+        raise UsageError(f"unknown backbone {name!r}; see timm.list_models() or use {', '.join(default_cfgs)}")
 
 
 def create_backbone(

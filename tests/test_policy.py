@@ -64,7 +64,7 @@ def test_missing_pretrained_weights_warn_and_fall_back(recwarn):
 
 
 def test_bad_backbone_inputs():
-    with pytest.raises(UsageError, match="unknown backbone"):
+    with pytest.raises(UsageError, match="unknown backbone .*impala_cnn_moon_half"):
         create_backbone("not_a_net", 3, pretrained=False)
     with pytest.raises(UsageError, match="not found"):
         create_backbone("impala_cnn", 3, pretrained=True, pretrained_file="/nonexistent.pth")
