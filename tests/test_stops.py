@@ -129,18 +129,32 @@ def test_a_stop_during_an_update_resumes_exactly(unstopped, tmp_path, monkeypatc
     assert_same_run(unstopped["procgen"], logdir)
 
 
-@pytest.mark.parametrize("which", [2, 4])  # evaluations at 64, 128, 192, 256: the second, and the final one
-def test_a_stop_during_an_evaluation_redoes_it_at_the_same_step(which, unstopped, tmp_path, monkeypatch):
-    """The interrupted evaluation used to be skipped (evaluations at 64, 192, 256 instead of 64, 128, 192, 256),
-    or, when it was the final one, the resumed run never evaluated and summary.json said finished."""
+def test_a_stop_during_a_mid_run_evaluation_redoes_it_at_the_same_step(unstopped, tmp_path, monkeypatch):
+    """The interrupted evaluation used to be skipped: evaluations at 64, 192, 256 instead of 64, 128, 192, 256."""
 
-    def trap(monkeypatch):
-        monkeypatch.setattr(train, "run_episodes", signal_on_call(which, train.run_episodes))
+    def trap(monkeypatch):  # the second evaluation
+        monkeypatch.setattr(train, "run_episodes", signal_on_call(2, train.run_episodes))
 
     logdir = tmp_path / "run_1"
     stop_and_resume(PROCGEN, logdir, monkeypatch, trap)
     assert run_files(logdir)["eval_steps"] == [64, 128, 192, 256]
     assert_same_run(unstopped["procgen"], logdir)
+
+
+def test_a_stop_during_the_final_evaluation_redoes_it(tmp_path, monkeypatch):
+    """Evaluating every 96 steps of 256 puts the final evaluation off the interval (at 128, 192 and the end, 256):
+    a stop there used to leave the resumed run without it, and summary.json said finished."""
+    args = [*PROCGEN, "--eval-interval", "96"]
+    full = tmp_path / "full_1"
+    assert train.main([*args, "--logdir", str(full)]) == 0
+
+    def trap(monkeypatch):
+        monkeypatch.setattr(train, "run_episodes", signal_on_call(3, train.run_episodes))
+
+    logdir = tmp_path / "run_1"
+    stop_and_resume(args, logdir, monkeypatch, trap)
+    assert run_files(logdir)["eval_steps"] == [128, 192, 256]
+    assert_same_run(full, logdir)
 
 
 def test_a_stop_during_a_checkpoint_write_resumes_exactly(unstopped, tmp_path, monkeypatch):
