@@ -16,6 +16,30 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help=".pth checkpoints or logdirs (a logdir means its best_model.pth)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per checkpoint and level set (default 20)")
+    p.add_argument("--num-envs", type=int, default=8, help="parallel eval envs (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the eval envs and sampled actions (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--deterministic", action="store_true", help="argmax actions instead of sampling")
+    p.add_argument(
+        "--levels", default="", help="Procgen test levels as START:COUNT (default 0:0, the full distribution)"
+    )
+    p.add_argument("--record", action="store_true", help="write a video of one episode per checkpoint and set")
+    p.add_argument("--video-frames", type=int, default=3000, help="longest recorded video in frames (default 3000)")
+    p.add_argument("--render", action="store_true", help="show env 0 in a window while playing (needs a display)")
+    p.add_argument("--analyze-value", action="store_true", help="plot predicted value against realized return")
+    p.add_argument("--out", default="", help="output folder (default: <logdir of the first checkpoint>/evaluation)")
+    p.add_argument("--json", default="", help="also write the results to this JSON file")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help and a mistyped flag are answered before torch, timm and wandb load (seconds)
+    parse_args()
+
 import numpy as np
 import torch
 
@@ -103,29 +127,6 @@ def value_analysis(result: EvalResult, cfg: Config, payload: dict) -> tuple[list
     returns = [discounted_returns(transform(r), cfg.gamma) for r in result.rewards]
     g, v = np.concatenate(returns), np.concatenate(result.values)
     return returns, explained_variance(torch.from_numpy(v), torch.from_numpy(g))
-
-
-# -------------------------------------------------------------------------------------------- CLI
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", help=".pth checkpoints or logdirs (a logdir means its best_model.pth)")
-    p.add_argument("--episodes", type=int, default=20, help="episodes per checkpoint and level set (default 20)")
-    p.add_argument("--num-envs", type=int, default=8, help="parallel eval envs (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the eval envs and sampled actions (default 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--deterministic", action="store_true", help="argmax actions instead of sampling")
-    p.add_argument(
-        "--levels", default="", help="Procgen test levels as START:COUNT (default 0:0, the full distribution)"
-    )
-    p.add_argument("--record", action="store_true", help="write a video of one episode per checkpoint and set")
-    p.add_argument("--video-frames", type=int, default=3000, help="longest recorded video in frames (default 3000)")
-    p.add_argument("--render", action="store_true", help="show env 0 in a window while playing (needs a display)")
-    p.add_argument("--analyze-value", action="store_true", help="plot predicted value against realized return")
-    p.add_argument("--out", default="", help="output folder (default: <logdir of the first checkpoint>/evaluation)")
-    p.add_argument("--json", default="", help="also write the results to this JSON file")
-    return p.parse_args(argv)
 
 
 def progress_bar(total: int, desc: str):

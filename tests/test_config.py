@@ -217,10 +217,14 @@ def test_the_choices_written_out_here_are_those_of_the_modules_that_use_them():
     assert set(PIXEL_BACKBONES) == set(policy.default_cfgs)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--recurrent", "rnn"], ["--no-such-flag"]])
-def test_help_and_bad_flags_are_answered_before_torch_loads(args):
+@pytest.mark.parametrize(
+    "script, args",
+    [("train.py", ["--help"]), ("train.py", ["--recurrent", "rnn"]), ("train.py", ["--no-such-flag"]),
+     ("evaluate.py", ["--help"]), ("evaluate.py", ["run_1", "--no-such-flag"])],
+)  # fmt: skip
+def test_help_and_bad_flags_are_answered_before_torch_loads(script, args):
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", str(ROOT / "train.py"), *args],
+        [sys.executable, "-X", "importtime", str(ROOT / script), *args],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
