@@ -231,7 +231,7 @@ def cpu_model() -> str:
 
 
 def device_name(device: torch.device) -> str:
-    """ "NVIDIA H200", "AMD EPYC": what a timing ran on."""
+    """What a timing ran on, e.g. "NVIDIA H200" or "AMD EPYC"."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
